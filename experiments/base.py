@@ -1,0 +1,85 @@
+"""The contract between labd and an experiment.
+
+An experiment declares a pydantic ``config_model`` (unknown keys are rejected at submit),
+builds a real qick program, acquires through ``ctx.board`` (simulated or real, same code),
+and analyzes. labd saves the raw data *before* ``analyze`` runs, so a failing fit never
+loses an acquisition."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, ClassVar, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Stopped(Exception):
+    """Raised by ``ctx.check_stop()`` when the job was cancelled or hit its time limit."""
+
+
+class ExperimentConfig(BaseModel):
+    """Keys shared by all hardware experiments (the predecessor's names)."""
+    model_config = ConfigDict(extra="forbid")
+    reps: int = Field(1000, ge=1, le=10_000_000)
+    rounds: int = Field(1, ge=1, le=100_000)
+    qubits: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=16)
+    relax_delay: float = Field(250.0, ge=0, le=1e6, description="us between shots")
+
+
+class Board(Protocol):
+    """What an experiment may do with the hardware."""
+    soccfg: Any
+
+    def acquire(self, prog: Any, *, rounds: int, ctx: "RunContext",
+                model: Callable[[dict[str, float]], np.ndarray]) -> np.ndarray:
+        """Run ``prog`` for ``rounds`` rounds; returns complex IQ averaged over reps/rounds,
+        one value per sweep point. ``model`` is used only by a simulated board."""
+        ...
+
+
+class RunContext(Protocol):
+    job_id: str
+    board: Board
+    hardware_config: dict[str, Any]
+    log: logging.Logger
+
+    def should_stop(self) -> bool: ...
+    def check_stop(self) -> None: ...
+    def progress(self, done: float, total: float) -> None: ...
+
+
+class Experiment:
+    config_model: ClassVar[type[BaseModel]] = ExperimentConfig
+
+    def __init__(self, ctx: RunContext, cfg: BaseModel) -> None:
+        self.ctx = ctx
+        self.cfg = cfg
+
+    # hooks around a job (e.g. park an instrument); both run even when acquire fails
+    def before_job(self) -> None: ...
+    def after_job(self) -> None: ...
+
+    def acquire(self) -> dict[str, Any]:
+        """Returns the raw data: a dict of arrays (``xpts``, ``avgi``, ``avgq``, ...)."""
+        raise NotImplementedError
+
+    def analyze(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Returns fit results (numbers or arrays); the default has none."""
+        return {}
+
+    # helpers for subclasses -------------------------------------------------------
+    def device(self, section: str, key: str, qubit: int | None = None, default: Any = None) -> Any:
+        """``hardware_config.device.<section>.<key>[qubit]`` (per-qubit lists, as before)."""
+        value = self.ctx.hardware_config.get("device", {}).get(section, {}).get(key, default)
+        if isinstance(value, list):
+            q = self.cfg.qubits[0] if qubit is None else qubit
+            if not 0 <= q < len(value):
+                raise ValueError(f"device.{section}.{key} has no entry for qubit {q}")
+            return value[q]
+        return value
+
+    def iq_data(self, xpts: np.ndarray, iq: np.ndarray) -> dict[str, np.ndarray]:
+        """The predecessor's data keys for a 1-D sweep."""
+        iq = np.asarray(iq, dtype=complex)
+        return {"xpts": np.asarray(xpts, dtype=float), "avgi": iq.real, "avgq": iq.imag,
+                "amps": np.abs(iq), "phases": np.angle(iq)}

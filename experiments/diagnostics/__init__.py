@@ -1,0 +1,1 @@
+"""Experiments that check labd itself (no hardware): no-op and sleep."""

@@ -1,0 +1,113 @@
+"""Wires the daemon together and runs it: open the database, recover, start the executor and
+the socket, then serve until SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from . import __version__
+from .api import METHODS, Call
+from .config_store import ConfigStore
+from .events import EventBus
+from .executor import Executor
+from .experiment_loader import ExperimentLoader
+from .hardware import make_board
+from .hardware.setpoint import Setpoint
+from .identity import AdminPolicy
+from .job_log import LogRouter
+from .rpc_server import Connection, RpcServer, bind_socket, systemd_socket
+from .scheduler import Scheduler
+from .sd_notify import Notifier
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("labd")
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_mono = time.monotonic()
+        self.events = EventBus()
+        self.notifier = Notifier()
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        s = self.settings
+        for d in (s.state_dir, s.output_root):
+            d.mkdir(parents=True, exist_ok=True)
+        self.store = Store(s.db_path)
+        await self.store.open()
+        counters = await self.store.counters()
+        self.configs = ConfigStore(s, self.store)
+        await self.configs.open(counters)
+        self.loader = ExperimentLoader(s.allowed_packages)
+        n = await asyncio.to_thread(self.loader.preload)
+        self.router = LogRouter()
+        self.router.install()
+        self.board = make_board(s)
+        self.executor = Executor(self.loader, self.board, Setpoint(s.setpoint),
+                                 self.configs.read_verified, s.max_log_bytes, self.router)
+        self.scheduler = Scheduler(s, self.store, self.configs, self.executor, self.events)
+        interrupted = await self.scheduler.start(counters)
+        for job_id in interrupted:
+            log.warning("%s was running when labd stopped: marked failed (interrupted)", job_id)
+        self.events.listeners.append(self._on_event)
+
+        sock = systemd_socket() or bind_socket(s.socket_path, s.socket_mode, s.socket_group)
+        self.server = RpcServer(METHODS, AdminPolicy(s.admin_group, s.admin_users),
+                                lambda conn: Call(self, conn), s.max_frame_bytes,
+                                s.max_connections, self.events.unsubscribe)
+        await self.server.start(sock)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info("labd %s ready on %s (%s hardware, %d experiment modules, %d pending)",
+                 __version__, sock.getsockname() or s.socket_path, s.hardware, n,
+                 len(self.scheduler.queue))
+        self.notifier.send(ready=1, status=self.status_line())
+        watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_s else None
+        await self._stop.wait()
+
+        log.info("stopping: no new jobs; stopping the running job at a safe point")
+        self.notifier.send(stopping=1, status="stopping")
+        await self.server.close()
+        await self.scheduler.stop()
+        if watchdog:
+            watchdog.cancel()
+        self.executor.shutdown()
+        await self.store.close()
+        self.router.uninstall()
+        if s.socket_path.is_socket() and not os.environ.get("LABD_SOCKET_ACTIVATED"):
+            s.socket_path.unlink(missing_ok=True)
+        log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def status_line(self) -> str:
+        sched = self.scheduler
+        run = sched.running
+        job = f"running {run.job.job_id} ({run.job.experiment_class}, {run.job.user}, " \
+              f"{run.progress:.0%})" if run else "idle"
+        extra = " PAUSED" if sched.paused else ""
+        if sched.stuck_since is not None:
+            extra += " EXECUTOR STUCK"
+        return f"{job}; {len(sched.queue)} pending{extra}"
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "job" and event.get("status") != "pending":
+            self.notifier.send(status=self.status_line())
+
+    async def _watchdog(self) -> None:
+        """Ping systemd from the loop (so a blocked loop is noticed), but not while the
+        executor is stuck past its job's limit + grace: then systemd restarts us."""
+        assert self.notifier.watchdog_s
+        while True:
+            if self.scheduler.stuck_since is None:
+                self.notifier.send(watchdog=1)
+            await asyncio.sleep(self.notifier.watchdog_s / 3)

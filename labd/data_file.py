@@ -1,0 +1,132 @@
+"""One HDF5 file per job, written to a temp name and renamed, so a file under its final name
+is always complete. Layout (readers of the predecessor's files keep working):
+
+- root attr ``config``: JSON of the full merged config (device, hw, aliases,
+  data_management, expt), plus job metadata attrs (job_id, user, os_user, versions, ...)
+- one dataset per data key (``xpts``, ``avgi``, ``avgq``, ``amps``, ``phases``)
+- fit results as root datasets named in attr ``result_keys``; ``analysis_error`` if a fit failed
+- group ``configs``: the exact content of each config version the job ran with."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+
+class DataError(ValueError):
+    """The experiment returned something that is not savable data."""
+
+
+def as_array(key: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise DataError(f"data key {key!r}: cannot convert to an array ({exc})") from None
+    if arr.dtype == object or arr.dtype.kind not in "biufcSU":
+        raise DataError(f"data key {key!r} is not numeric data (got {type(value).__name__})")
+    if arr.dtype.kind == "U":
+        arr = arr.astype(h5py.string_dtype())
+    return arr
+
+
+def check_data(data: Any) -> dict[str, np.ndarray]:
+    if not isinstance(data, Mapping) or not data:
+        raise DataError(f"acquire() must return a non-empty dict of arrays, "
+                        f"got {type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or not key or "/" in key or key in ("configs",):
+            raise DataError(f"data key {key!r} is not a valid dataset name")
+        out[key] = as_array(key, value)
+    return out
+
+
+def _attr(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
+              meta: dict[str, Any], configs: dict[str, dict[str, str]]) -> None:
+    """Write the raw data and everything needed to reproduce it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["config"] = json.dumps(config, default=str)
+            for k, v in meta.items():
+                f.attrs[k] = _attr(v)
+            f.attrs["analysis"] = "pending"
+            for key, arr in data.items():
+                f.create_dataset(key, data=arr)
+            grp = f.create_group("configs")
+            for name, info in configs.items():
+                ds = grp.create_dataset(name, data=info["content"], dtype=h5py.string_dtype())
+                ds.attrs["version_id"] = info["version_id"]
+                ds.attrs["sha256"] = info["sha256"]
+        _commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def add_results(path: Path, results: dict[str, Any], analysis_error: str | None,
+                extra_attrs: dict[str, Any] | None = None) -> None:
+    """Add fit results to a saved file via a copy + rename, so a crash here leaves the raw
+    file intact."""
+    tmp = path.with_name(path.name + ".part")
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as f:
+            keys = []
+            for key, value in results.items():
+                if key in f:
+                    analysis_error = (analysis_error or "") + \
+                        f" result {key!r} clashes with a data key;"
+                    continue
+                f.create_dataset(key, data=as_array(key, value))
+                keys.append(key)
+            f.attrs["result_keys"] = json.dumps(keys)
+            f.attrs["analysis"] = "failed" if analysis_error else "done"
+            if analysis_error:
+                f.attrs["analysis_error"] = analysis_error
+            for k, v in (extra_attrs or {}).items():
+                f.attrs[k] = _attr(v)
+        _commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Arrays, merged config, per-type config contents and metadata of a data file."""
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+        configs = {k: f["configs"][k][()].decode() for k in f["configs"].keys()} \
+            if "configs" in f else {}
+    config = json.loads(attrs.pop("config", "{}"))
+    return {"data": arrays, "config": config, "configs": configs, "attrs": attrs}

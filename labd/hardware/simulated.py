@@ -1,0 +1,59 @@
+"""The mock board: the program is compiled against a real QickConfig (qick's validators run),
+only the board I/O is simulated. Data come from the experiment's physics model evaluated on
+the simulator's "true" device parameters, plus Gaussian noise that shrinks as 1/sqrt(reps)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+from qick import QickConfig
+
+# The simulated device: what a measurement on this fake chip should find.
+DEFAULT_TRUTH: dict[str, float] = {
+    "f_ge": 4500.0,          # MHz
+    "pi_gain": 0.62,         # gain of a pi pulse at the configured sigma
+    "T1": 50.0,              # us
+    "T2R": 30.0,             # us
+    "f_res": 7000.0,         # MHz
+    "kappa": 0.5,            # MHz, resonator linewidth (FWHM)
+    "signal": 1.0,           # IQ contrast between |g> and |e>
+    "noise": 1.0,            # single-shot noise (same units)
+}
+
+
+class SimulatedBoard:
+    def __init__(self, soccfg: dict, *, shot_time_s: float = 0.0,
+                 truth: dict[str, float] | None = None, seed: int | None = None) -> None:
+        self.soccfg = QickConfig(soccfg)
+        self.shot_time_s = shot_time_s
+        self.truth = {**DEFAULT_TRUTH, **(truth or {})}
+        self._rng = np.random.default_rng(seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "simulated", "board": self.soccfg["board"], "truth": self.truth}
+
+    def acquire(self, prog: Any, *, rounds: int, ctx: Any,
+                model: Callable[[dict[str, float]], np.ndarray]) -> np.ndarray:
+        prog.compile()  # the full compile, as for a real board: catches what qick refuses
+        reps = int(getattr(prog, "reps", 1) or 1)
+        signal = np.asarray(model(self.truth), dtype=complex)
+        sigma = self.truth["noise"] / np.sqrt(reps)
+        round_time = self.shot_time_s * reps * signal.size
+        total = np.zeros_like(signal)
+        for r in range(rounds):
+            ctx.check_stop()
+            if round_time:
+                self._wait(round_time, ctx)
+            total += signal + sigma * (self._rng.standard_normal(signal.shape)
+                                       + 1j * self._rng.standard_normal(signal.shape))
+            ctx.progress(r + 1, rounds)
+        return total / rounds
+
+    @staticmethod
+    def _wait(seconds: float, ctx: Any) -> None:
+        """Sleep like a running board, but stay responsive to cancel."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            ctx.check_stop()
+            time.sleep(min(left, 0.02))

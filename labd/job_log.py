@@ -1,0 +1,139 @@
+"""Per-job log files: everything the experiment prints or logs from the executor thread goes
+to ``<job_id>.log`` beside its data. Readers page through it by byte offset and only ever get
+whole lines (``\\n`` or ``\\r`` terminated), so a progress bar is never duplicated."""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+_LINE_ENDS = (b"\n", b"\r")
+
+
+class JobLog:
+    """An open, size-capped log file for one job (written only by the executor thread)."""
+
+    def __init__(self, path: Path, max_bytes: int,
+                 on_text: Callable[[str], None] | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.truncated = False
+        self._fh = open(path, "ab", buffering=0)
+        self._on_text = on_text
+
+    def write(self, text: str) -> None:
+        if not text or self.truncated:
+            return
+        data = text.encode("utf-8", "replace")
+        room = self.max_bytes - self.size
+        if len(data) > room:
+            data = data[:max(room, 0)]
+            note = f"\n[labd: log truncated at {self.max_bytes} bytes]\n".encode()
+            data += note
+            self.truncated = True
+        self._fh.write(data)
+        self.size += len(data)
+        if self._on_text is not None:
+            self._on_text(data.decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class LogRouter:
+    """Installs itself as sys.stdout/sys.stderr and as a logging handler; text from the
+    executor thread goes to the current job's log, everything else passes through."""
+
+    def __init__(self) -> None:
+        self.thread_id: int | None = None
+        self.current: JobLog | None = None
+        self._handler = _JobLogHandler(self)
+
+    def install(self) -> None:
+        sys.stdout = _Tee(sys.stdout, self)
+        sys.stderr = _Tee(sys.stderr, self)
+        self._handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(self._handler)
+
+    def uninstall(self) -> None:
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if isinstance(stream, _Tee) and stream.router is self:
+                setattr(sys, name, stream.fallback)
+        logging.getLogger().removeHandler(self._handler)
+
+    def target(self) -> JobLog | None:
+        if self.current is not None and threading.get_ident() == self.thread_id:
+            return self.current
+        return None
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, fallback, router: LogRouter) -> None:
+        self.fallback = fallback
+        self.router = router
+
+    def write(self, s: str) -> int:
+        log = self.router.target()
+        if log is not None:
+            log.write(s)
+        else:
+            self.fallback.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self.fallback.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.fallback.fileno()
+
+
+class _JobLogHandler(logging.Handler):
+    def __init__(self, router: LogRouter) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.router = router
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.router.target() is not None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = self.router.target()
+        if log is not None:
+            log.write(self.format(record) + "\n")
+
+
+def read_log(path: Path, offset: int, max_bytes: int, final: bool) -> tuple[str, int]:
+    """Text from ``offset`` ending at a line end (unless the log is final), and the offset to
+    continue from. A single line longer than ``max_bytes`` is returned in pieces cut at a
+    UTF-8 character boundary."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(max_bytes)
+    except FileNotFoundError:
+        return "", offset
+    if not data:
+        return "", offset
+    at_eof = len(data) < max_bytes or os.path.getsize(path) == offset + len(data)
+    if not (final and at_eof):
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if cut >= 0:
+            data = data[:cut + 1]
+        elif len(data) >= max_bytes:  # one very long line: hand it out in pieces
+            while data and (data[-1] & 0xC0) == 0x80:
+                data = data[:-1]
+            if data and data[-1] >= 0xC0:
+                data = data[:-1]
+        else:
+            return "", offset
+    return data.decode("utf-8", "replace"), offset + len(data)

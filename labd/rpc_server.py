@@ -1,0 +1,201 @@
+"""The Unix-socket JSON-RPC 2.0 server: newline-delimited frames with a size cap, the
+caller's identity from SO_PEERCRED, requests on one connection handled concurrently, and
+server-pushed notifications for subscribed events."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from typing import Any, Awaitable, Callable
+
+from jsonrpcserver import async_dispatch
+
+from .errors import INVALID_REQUEST, PARSE_ERROR
+from .identity import AdminPolicy, Peer
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT_PER_CONNECTION = 64
+
+
+def _error_frame(code: int, message: str) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "error": {"code": code, "message": message},
+                       "id": None}).encode() + b"\n"
+
+
+def _deserialize(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+class Connection:
+    """One client connection; also an EventBus subscriber once it subscribes."""
+
+    def __init__(self, peer: Peer, writer: asyncio.StreamWriter, max_queue: int) -> None:
+        self.peer = peer
+        self.writer = writer
+        self.topics: set[str] = set()       # "job", "progress", "log"
+        self.job_ids: set[str] | None = None  # None: all jobs
+        self.max_queue = max_queue
+        self.closed = False
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        return event.get("type") in self.topics and (
+            self.job_ids is None or event.get("job_id") in self.job_ids)
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        self.send(json.dumps({"jsonrpc": "2.0", "method": "event", "params": event}))
+
+    def send(self, text: str) -> None:
+        if self.closed:
+            return
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > self.max_queue:
+            log.warning("closing connection of %s: it does not read its replies",
+                        self.peer.username)
+            self.closed = True
+            transport.abort()
+            return
+        self.writer.write(text.encode() + b"\n")
+
+
+class RpcServer:
+    def __init__(self, methods: dict[str, Callable[..., Awaitable[Any]]],
+                 policy: AdminPolicy, make_context: Callable[[Connection], Any],
+                 max_frame_bytes: int, max_connections: int,
+                 on_disconnect: Callable[[Connection], None]) -> None:
+        self.methods = methods
+        self.policy = policy
+        self.make_context = make_context
+        self.max_frame = max_frame_bytes
+        self.max_connections = max_connections
+        self.on_disconnect = on_disconnect
+        self.connections: set[Connection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_unix_server(
+            self._handle, sock=sock, limit=self.max_frame + 1)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            peer = self.policy.peer(sock)
+        except OSError:
+            writer.close()
+            return
+        if len(self.connections) >= self.max_connections:
+            writer.write(_error_frame(-32004, "too many connections to labd; try again"))
+            writer.close()
+            return
+        conn = Connection(peer, writer, max_queue=16 * self.max_frame)
+        self.connections.add(conn)
+        ctx = self.make_context(conn)
+        inflight = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
+        tasks: set[asyncio.Task] = set()
+        try:
+            while not conn.closed:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    break  # client closed (a half frame at EOF is dropped)
+                except asyncio.LimitOverrunError:
+                    conn.send(_error_frame(INVALID_REQUEST,
+                              f"frame exceeds {self.max_frame} bytes; "
+                              "connection closed").decode().rstrip("\n"))
+                    break
+                if len(line) > self.max_frame + 1:
+                    conn.send(_error_frame(INVALID_REQUEST, f"frame exceeds {self.max_frame} "
+                                           "bytes; connection closed").decode().rstrip("\n"))
+                    break
+                if not line.strip():
+                    continue
+                await inflight.acquire()
+                task = asyncio.create_task(self._one(conn, ctx, line, inflight))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            for t in tasks:
+                t.cancel()
+            conn.closed = True
+            self.connections.discard(conn)
+            self.on_disconnect(conn)
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    async def _one(self, conn: Connection, ctx: Any, line: bytes,
+                   inflight: asyncio.Semaphore) -> None:
+        try:
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                conn.send(_error_frame(PARSE_ERROR, "frame is not UTF-8 text").decode()
+                          .rstrip("\n"))
+                return
+            reply = await async_dispatch(text, methods=self.methods, context=ctx,
+                                         deserializer=_deserialize)
+            if reply:
+                conn.send(reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request failed outside any method")
+            conn.send(_error_frame(-32603, "internal error").decode().rstrip("\n"))
+        finally:
+            inflight.release()
+
+
+def bind_socket(path: os.PathLike, mode: int, group: str | None) -> socket.socket:
+    """Bind the daemon's own socket (when systemd did not hand us one)."""
+    import grp
+    from pathlib import Path
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_socket() or p.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(p))
+            raise RuntimeError(f"another labd is already listening on {p}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            p.unlink(missing_ok=True)  # stale socket from a crash
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(p))
+    finally:
+        os.umask(old)
+    if group is not None:
+        os.chown(p, -1, grp.getgrnam(group).gr_gid)
+    os.chmod(p, mode)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def systemd_socket() -> socket.socket | None:
+    """The listening socket passed by systemd socket activation (LISTEN_FDS), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        return None
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    sock = socket.socket(fileno=3)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,339 @@
+"""The async heart: accepts jobs (durably, then onto the heap), dispatches them one at a time
+to the executor as soon as the previous one ends, supervises cancel and time limits, and
+records outcomes. All database writes go through the store's group commit."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config_store import ConfigStore
+from .errors import Conflict, LimitExceeded, NotFound, PermissionDenied, Unavailable
+from .events import EventBus
+from .executor import Executor, JobContext, JobSpec, Outcome
+from .identity import Peer
+from .ids import DailyCounter
+from .models import Job, JobStatus, utcnow
+from .pending_queue import PendingJob, PendingQueue
+from .settings import Settings
+from .store import INSERT_JOB, UPSERT_COUNTER, Store, StoreError, job_row
+
+log = logging.getLogger(__name__)
+
+CLAIM = ("UPDATE jobs SET status='running', started_at=?, config_versions=?, log_path=? "
+         "WHERE job_id=? AND status='pending'")
+FINISH = ("UPDATE jobs SET status=?, finished_at=?, error_message=?, data_file_path=?, "
+          "module_sha256=?, module_git_rev=?, results=? WHERE job_id=? AND status='running'")
+CANCEL_PENDING = ("UPDATE jobs SET status='cancelled', finished_at=?, error_message=? "
+                  "WHERE job_id=? AND status='pending'")
+
+
+@dataclass
+class Running:
+    job: PendingJob
+    ctx: JobContext
+    started_at: str
+    started_mono: float
+    time_limit_s: float
+    progress: float = 0.0
+    stop_requested_mono: float | None = None
+    stop_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.job.summary(), "status": "running", "started_at": self.started_at,
+                "progress": self.progress, "stop_reason": self.ctx.stop_reason}
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: Store, configs: ConfigStore,
+                 executor: Executor, events: EventBus) -> None:
+        self.settings = settings
+        self.store = store
+        self.configs = configs
+        self.executor = executor
+        self.events = events
+        self.queue = PendingQueue()
+        self.running: Running | None = None
+        self.paused = False
+        self.stopping = False
+        self.stuck_since: float | None = None   # executor thread did not return after stop
+        self.job_ids = DailyCounter("JOB")
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task | None = None
+        self._per_user: dict[int, int] = {}
+        self._finishing: set[asyncio.Task] = set()
+        self._log_buf: list[tuple[str, str]] = []
+        self._log_lock = threading.Lock()
+        self.last_job_end_mono: float | None = None
+
+    # ---- start / stop -------------------------------------------------------------
+    async def start(self, counters: dict[str, tuple[str, int]]) -> list[str]:
+        day, last = counters.get("JOB", (None, 0))
+        self.job_ids = DailyCounter("JOB", day, last)
+        interrupted = await self.store.recover_running(utcnow())
+        for r in await self.store.pending_rows():
+            self._push(PendingJob(
+                job_id=r["job_id"], user=r["user"], os_user=r["os_user"], os_uid=r["os_uid"],
+                experiment_class=r["experiment_class"],
+                experiment_module=r["experiment_module"], priority=r["priority"],
+                created_at=r["created_at"], batch_id=r["batch_id"]))
+        self._task = asyncio.create_task(self._dispatch_loop(), name="dispatch")
+        self._wake.set()
+        return interrupted
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop dispatching, stop the running job at a safe point, and
+        wait (bounded) for its outcome to be recorded."""
+        self.stopping = True
+        if self.running is not None:
+            self.request_stop(self.running, "interrupted: daemon shut down during run")
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 3 * self.settings.stop_grace_s + 5)
+            except (asyncio.TimeoutError, Exception):
+                log.error("running job did not finish during shutdown")
+        if self._finishing:
+            await asyncio.wait(self._finishing, timeout=10)
+
+    # ---- submit -------------------------------------------------------------------
+    def _push(self, pj: PendingJob) -> None:
+        self.queue.push(pj)
+        self._per_user[pj.os_uid] = self._per_user.get(pj.os_uid, 0) + 1
+
+    def _forget(self, pj: PendingJob) -> None:
+        n = self._per_user.get(pj.os_uid, 1) - 1
+        if n:
+            self._per_user[pj.os_uid] = n
+        else:
+            self._per_user.pop(pj.os_uid, None)
+
+    async def enqueue(self, peer: Peer, jobs: list[dict[str, Any]]) -> list[str]:
+        """Persist new jobs in one commit, then make them runnable. Returns their IDs."""
+        if self.stopping:
+            raise Unavailable("labd is shutting down; submit again when it is back")
+        have = self._per_user.get(peer.uid, 0)
+        if have + len(jobs) > self.settings.max_pending_per_user:
+            raise LimitExceeded(
+                f"{peer.username} has {have} pending jobs; the limit is "
+                f"{self.settings.max_pending_per_user} (cancel some or wait)")
+        now = utcnow()
+        for j in jobs:
+            j.update(job_id=self.job_ids.next(), status="pending", created_at=now,
+                     os_user=peer.username, os_uid=peer.uid)
+        try:
+            await self.store.write(*[(INSERT_JOB, job_row(j)) for j in jobs],
+                                   (UPSERT_COUNTER, self.job_ids.row()))
+        except StoreError as exc:
+            raise Unavailable(f"job not accepted: {exc}") from None
+        for j in jobs:
+            self._push(PendingJob(
+                job_id=j["job_id"], user=j["user"], os_user=j["os_user"], os_uid=j["os_uid"],
+                experiment_class=j["experiment_class"],
+                experiment_module=j["experiment_module"], priority=j["priority"],
+                created_at=now, batch_id=j.get("batch_id")))
+            self._publish_job(j["job_id"], "pending")
+        self._wake.set()
+        return [j["job_id"] for j in jobs]
+
+    # ---- cancel -------------------------------------------------------------------
+    def check_owner(self, peer: Peer, os_uid: int, job_id: str, action: str) -> None:
+        if not (peer.is_admin or peer.uid == os_uid):
+            raise PermissionDenied(f"{peer.username} may not {action} {job_id}: it belongs "
+                                   f"to another account (owner or an admin only)")
+
+    async def cancel(self, peer: Peer, job_id: str) -> dict[str, Any]:
+        pj = self.queue.get(job_id)
+        if pj is not None:
+            self.check_owner(peer, pj.os_uid, job_id, "cancel")
+            self.queue.remove(job_id)
+            self._forget(pj)
+            try:
+                await self.store.write((CANCEL_PENDING, (utcnow(), f"cancelled by "
+                                        f"{peer.username} while pending", job_id)))
+            except StoreError as exc:
+                self._push(pj)
+                raise Unavailable(f"cancel not recorded: {exc}") from None
+            self._publish_job(job_id, "cancelled")
+            return {"job_id": job_id, "status": "cancelled"}
+        run = self.running
+        if run is not None and run.job.job_id == job_id:
+            self.check_owner(peer, run.job.os_uid, job_id, "cancel")
+            self.request_stop(run, f"cancelled by {peer.username} while running")
+            return {"job_id": job_id, "status": "cancelling"}
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        self.check_owner(peer, job.os_uid, job_id, "cancel")
+        raise Conflict(f"{job_id} is already {job.status.value}; nothing to cancel")
+
+    def request_stop(self, run: Running, reason: str) -> None:
+        run.ctx.request_stop(reason)
+        if run.stop_requested_mono is None:
+            run.stop_requested_mono = time.monotonic()
+        run.stop_changed.set()
+
+    # ---- dispatch -----------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            if self.stopping:
+                return
+            if self.paused or self.stuck_since is not None or not len(self.queue):
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            pj = self.queue.pop()
+            if pj is None:
+                continue
+            self._forget(pj)
+            try:
+                await self._run(pj)
+            except Exception:  # never let one job take the dispatcher down
+                log.exception("dispatching %s failed", pj.job_id)
+                self._finish(pj.job_id, Outcome(JobStatus.FAILED,
+                                                "internal error while starting the job"))
+
+    async def _run(self, pj: PendingJob) -> None:
+        row = await self.store.get_job_row(pj.job_id)
+        if row is None or row["status"] != "pending":
+            return
+        cfg_rows = await self.configs.resolve(json.loads(row["pinned_versions"]))
+        started = utcnow()
+        day = pj.job_id.split("-")[1]
+        out_dir = self.settings.output_root / day
+        spec = JobSpec(
+            job_id=pj.job_id, user=pj.user, os_user=pj.os_user,
+            experiment_module=pj.experiment_module, experiment_class=pj.experiment_class,
+            experiment_config=json.loads(row["experiment_config"]), priority=pj.priority,
+            created_at=pj.created_at, started_at=started, batch_id=pj.batch_id,
+            data_path=out_dir / f"{pj.job_id}.h5", log_path=out_dir / f"{pj.job_id}.log",
+            configs=cfg_rows, output_root=self.settings.output_root)
+        versions = {name: r["version_id"] for name, r in cfg_rows.items()}
+        await self.store.write((CLAIM, (started, json.dumps(versions), str(spec.log_path),
+                                        pj.job_id)))
+        limit = min(row["time_limit_s"] or self.settings.job_time_limit_s,
+                    self.settings.job_time_limit_max_s)
+        ctx = JobContext(spec, self.executor.board, self._on_progress)
+        run = Running(pj, ctx, started, time.monotonic(), limit)
+        self.running = run
+        self._publish_job(pj.job_id, "running", started_at=started, config_versions=versions)
+        if self.stopping:
+            self.request_stop(run, "interrupted: daemon shut down during run")
+        fut = asyncio.wrap_future(self.executor.submit(spec, ctx, self._on_log))
+        outcome = await self._supervise(run, fut)
+        self._flush_logs()
+        self.running = None
+        self.last_job_end_mono = time.monotonic()
+        self._finish(pj.job_id, outcome)
+
+    async def _supervise(self, run: Running, fut: asyncio.Future) -> Outcome:
+        """Wait for the job; on time limit or cancel, escalate: stop flag, then an
+        asynchronous interrupt, then declare the executor stuck (watchdog restarts us)."""
+        grace = self.settings.stop_grace_s
+        interrupted = False
+        while True:
+            if run.stop_requested_mono is None:
+                timeout = run.started_mono + run.time_limit_s - time.monotonic()
+            else:
+                timeout = run.stop_requested_mono + grace - time.monotonic()
+            run.stop_changed.clear()
+            changed = asyncio.ensure_future(run.stop_changed.wait())
+            done, _ = await asyncio.wait({fut, changed}, timeout=max(timeout, 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            if fut in done:
+                try:
+                    return fut.result()
+                except BaseException as exc:
+                    log.exception("executor raised")
+                    return Outcome(JobStatus.FAILED, f"internal error: {type(exc).__name__}")
+            if changed in done:
+                continue
+            if run.stop_requested_mono is None:
+                self.request_stop(run, f"time limit exceeded ({run.time_limit_s:g} s)")
+            elif not interrupted:
+                log.warning("%s ignores its stop request; interrupting", run.job.job_id)
+                self.executor.interrupt()
+                interrupted = True
+                run.stop_requested_mono = time.monotonic()
+            else:
+                self.stuck_since = time.monotonic()
+                fut.add_done_callback(self._unstuck)
+                return Outcome(JobStatus.FAILED, (
+                    f"{run.ctx.stop_reason}; the experiment is stuck in a call that cannot "
+                    "be interrupted, so the hardware is not free: labd must be restarted"))
+
+    def _unstuck(self, _fut: Any) -> None:
+        self.stuck_since = None
+        self._wake.set()
+
+    def _finish(self, job_id: str, out: Outcome) -> None:
+        """Record an outcome; the next job may start before this commit, and both share a
+        transaction. The terminal event goes out only once the outcome is durable."""
+        async def record() -> None:
+            now = utcnow()
+            try:
+                await self.store.write((FINISH, (
+                    out.status.value, now, out.error_message, out.data_file_path,
+                    out.module_sha256, out.module_git_rev, json.dumps(out.results), job_id)))
+            except StoreError:
+                log.error("could not record outcome of %s; it will show as interrupted "
+                          "after a restart", job_id)
+                return
+            self._publish_job(job_id, out.status.value, finished_at=now,
+                              error_message=out.error_message,
+                              data_file_path=out.data_file_path)
+        task = asyncio.create_task(record())
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    # ---- events from the executor thread -------------------------------------------
+    def _on_progress(self, job_id: str, fraction: float) -> None:
+        self._loop.call_soon_threadsafe(self._progress, job_id, fraction)
+
+    def _progress(self, job_id: str, fraction: float) -> None:
+        if self.running is not None and self.running.job.job_id == job_id:
+            self.running.progress = fraction
+        self.events.publish({"type": "progress", "job_id": job_id, "progress": fraction})
+
+    def _on_log(self, job_id: str, text: str) -> None:
+        with self._log_lock:
+            first = not self._log_buf
+            self._log_buf.append((job_id, text))
+        if first:  # batch log lines: one loop wake-up per 50 ms, however chatty the job
+            self._loop.call_soon_threadsafe(self._loop.call_later, 0.05, self._flush_logs)
+
+    def _flush_logs(self) -> None:
+        with self._log_lock:
+            buf, self._log_buf = self._log_buf, []
+        if buf:
+            by_job: dict[str, list[str]] = {}
+            for job_id, text in buf:
+                by_job.setdefault(job_id, []).append(text)
+            for job_id, parts in by_job.items():
+                self.events.publish({"type": "log", "job_id": job_id, "text": "".join(parts)})
+
+    def _publish_job(self, job_id: str, status: str, **extra: Any) -> None:
+        self.events.publish({"type": "job", "job_id": job_id, "status": status,
+                             "terminal": JobStatus(status).terminal, **extra})
+
+    # ---- views --------------------------------------------------------------------
+    def position(self, job_id: str) -> int | None:
+        pj = self.queue.get(job_id)
+        if pj is None:
+            return None
+        key = pj.key()
+        return 1 + sum(1 for other in self.queue if other.key() < key)
+
+    async def get(self, job_id: str) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if self.running is not None and self.running.job.job_id == job_id:
+            job.progress = self.running.progress
+        return job

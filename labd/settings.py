@@ -1,0 +1,128 @@
+"""Daemon settings: machine facts (paths, groups, board address) that must never live in
+the versioned physics configs or come from a client.
+
+Loaded from a TOML file (``--config`` / ``$LABD_CONFIG``); anything unset falls back to the
+embedded default: mock board, per-user socket and state dir under the XDG directories."""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback)
+
+
+def default_state_dir() -> Path:
+    return _xdg("XDG_STATE_HOME", ".local/state") / "labd"
+
+
+def default_socket_path() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return (Path(runtime) / "labd" if runtime else default_state_dir()) / "labd.sock"
+
+
+class ConfigType(BaseModel):
+    """One versioned physics config type (e.g. hardware_config, short code HW)."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    code: str = Field(pattern=r"^[A-Z0-9]{1,4}$")
+    format: Literal["yaml", "csv"]
+
+
+DEFAULT_CONFIG_TYPES = [
+    ConfigType(name="hardware_config", code="HW", format="yaml"),
+    ConfigType(name="multiphoton_config", code="MP", format="yaml"),
+    ConfigType(name="floquet_storage_swap", code="FL", format="csv"),
+    ConfigType(name="man1_storage_swap", code="M1", format="csv"),
+]
+
+
+class PyroSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ns_host: str = "127.0.0.1"
+    ns_port: int = 8888
+    name: str = "myqick"
+    timeout_s: float = Field(30.0, gt=0)   # Pyro4 calls block forever without one
+
+
+class SetpointSettings(BaseModel):
+    """Pre-job instrument setpoint (the predecessor's coupler current)."""
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    name: str = "coupler_current"
+    unit: str = "mA"
+    config_key: str = "coupler_current"    # key in hardware_config.hw holding the target
+    limit: float = Field(1.0, gt=0)        # |target| above this refuses the job
+    ramp_step: float = Field(0.05, gt=0)
+    ramp_delay_s: float = Field(0.0, ge=0)
+    driver: Literal["mock"] = "mock"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    socket_path: Path = Field(default_factory=default_socket_path)
+    socket_group: str | None = None        # None: the daemon user's primary group
+    socket_mode: int = 0o660
+    admin_group: str = "labd-admin"
+    admin_users: list[str] = []
+    output_root: Path | None = None        # None: <state_dir>/data
+
+    hardware: Literal["mock", "pyro"] = "mock"
+    soccfg_path: Path | None = None        # mock board's QickConfig; None: shipped ZCU216
+    mock_shot_time_s: float = Field(0.0, ge=0)  # simulated wall time per shot (0: instant)
+    pyro: PyroSettings = PyroSettings()
+    setpoint: SetpointSettings = SetpointSettings()
+
+    allowed_packages: list[str] = ["experiments"]
+    config_types: list[ConfigType] = DEFAULT_CONFIG_TYPES
+
+    priority_default: int = 0
+    priority_cap: int = 10                 # above this needs admin
+    priority_min: int = -100
+    priority_max: int = 1000
+    job_time_limit_s: float = Field(3600.0, gt=0)
+    job_time_limit_max_s: float = Field(7 * 24 * 3600.0, gt=0)
+    stop_grace_s: float = Field(10.0, gt=0)
+
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_config_bytes: int = Field(1024 * 1024, ge=256)
+    max_batch: int = Field(10_000, ge=1)
+    max_pending_per_user: int = Field(50_000, ge=1)
+    max_log_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_connections: int = Field(4096, ge=8)
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> "Settings":
+        if self.output_root is None:
+            self.output_root = self.state_dir / "data"
+        codes = [t.code for t in self.config_types]
+        names = [t.name for t in self.config_types]
+        if len(set(codes)) != len(codes) or len(set(names)) != len(names):
+            raise ValueError("config_types: names and codes must be unique")
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "labd.sqlite3"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.state_dir / "configs"
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: object) -> "Settings":
+        """Read the TOML settings file (if any), then apply command-line overrides."""
+        path = path or (Path(p) if (p := os.environ.get("LABD_CONFIG")) else None)
+        data: dict = {}
+        if path is not None:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(data)
