@@ -1,0 +1,300 @@
+"""labctl: labd from the shell. Every command takes --json for scripts.
+
+Exit codes: 0 ok; 1 the job failed or was cancelled (wait/show of a finished job);
+2 bad arguments or parameters; 3 not found; 4 permission denied; 5 conflict (wrong state);
+6 cannot reach labd; 7 wait timed out; 8 any other daemon error."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import errors
+from .client import Client, format_queue
+from .results import JobResult
+
+EXIT_CODES = {errors.InvalidParams: 2, errors.MethodNotFound: 2, errors.NotFound: 3,
+              errors.PermissionDenied: 4, errors.Conflict: 5, errors.LimitExceeded: 5,
+              errors.ConnectionFailed: 6}
+
+
+def _parse_value(text: str) -> Any:
+    """``-p key=value`` values are YAML scalars/lists: 5, 0.1, true, [0, 1], abc."""
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_expt_config(path: Path | None, pairs: list[str]) -> dict[str, Any]:
+    import yaml
+    cfg: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(path.read_text())  # JSON is YAML too
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of expt config keys")
+        cfg.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"-p {pair!r}: expected key=value")
+        cfg[key] = _parse_value(value)
+    return cfg
+
+
+def _job_line(j: JobResult) -> str:
+    err = f"  {j.error_message}" if j.error_message else ""
+    return f"{j.job_id}  {j.status:<9}  {j.priority:>4}  {j.user[:16]:<16}  " \
+           f"{j.experiment_class}  {j.finished_at or j.created_at or ''}{err}"
+
+
+def _show(j: JobResult) -> str:
+    rows = [("job", j.job_id), ("status", j.status), ("user", f"{j.user} ({j.os_user})"),
+            ("experiment", f"{j.experiment_module}.{j.experiment_class}"),
+            ("priority", j.priority), ("position", j.position), ("created", j.created_at),
+            ("started", j.started_at), ("finished", j.finished_at),
+            ("data file", j.data_file_path), ("log", j.log_path), ("error", j.error_message),
+            ("config", json.dumps(j.experiment_config)),
+            ("versions", " ".join(f"{k}={v}" for k, v in j.config_versions.items()) or None),
+            ("results", json.dumps(j.results) if j.results else None)]
+    return "\n".join(f"{k:>11}: {v}" for k, v in rows if v is not None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="labctl", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--socket", help="labd socket (default: $LABD_SOCKET, your own daemon, "
+                    "or the system one)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    sub.add_parser("health", parents=[common], help="daemon status")
+    s = sub.add_parser("submit", parents=[common], help="queue a job")
+    s.add_argument("experiment", help="module.Class, e.g. "
+                   "experiments.single_qubit.t1.T1Experiment")
+    s.add_argument("-c", "--config-file", type=Path, help="expt config (JSON or YAML)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--priority", type=int)
+    s.add_argument("--user", help="display name (default: your login)")
+    s.add_argument("--time-limit", type=float, metavar="SECONDS")
+    s.add_argument("--pin", action="append", default=[], metavar="TYPE=VERSION_ID",
+                   help="run with this config version instead of main")
+    s.add_argument("--wait", action="store_true", help="wait for the job to end")
+    q = sub.add_parser("queue", parents=[common], help="running and pending jobs")
+    q.add_argument("--user")
+    q.add_argument("--mine", action="store_true", help="only jobs of your login")
+    s = sub.add_parser("show", parents=[common], help="one job")
+    s.add_argument("job_id")
+    s = sub.add_parser("wait", parents=[common], help="wait until a job ends")
+    s.add_argument("job_id")
+    s.add_argument("--timeout", type=float)
+    s.add_argument("--progress", action="store_true")
+    s = sub.add_parser("cancel", parents=[common], help="cancel a job (pending or running)")
+    s.add_argument("job_id", nargs="?")
+    s.add_argument("--batch", help="cancel every job of a batch")
+    h = sub.add_parser("history", parents=[common], help="past and present jobs, newest first")
+    h.add_argument("--user")
+    h.add_argument("--os-user")
+    h.add_argument("--status", choices=["pending", "running", "completed", "failed",
+                                        "cancelled"])
+    h.add_argument("--experiment", help="experiment class name")
+    h.add_argument("--batch")
+    h.add_argument("--since", help="ISO-8601 UTC time, e.g. 2026-11-24")
+    h.add_argument("--limit", type=int, default=20)
+    h.add_argument("--cursor", type=int, help="next_cursor of the previous page")
+    s = sub.add_parser("logs", parents=[common], help="a job's log")
+    s.add_argument("job_id")
+    s.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    s = sub.add_parser("rerun", parents=[common], help="submit again with the same "
+                       "config versions and expt config")
+    s.add_argument("job_id")
+
+    c = sub.add_parser("config", help="versioned physics configs")
+    csub = c.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
+    s = csub.add_parser("push", parents=[common], help="snapshot a file and make it main")
+    s.add_argument("type")
+    s.add_argument("file", type=Path)
+    s.add_argument("-m", "--message")
+    s.add_argument("--expect", metavar="VERSION_ID", help="refuse if main is not this")
+    s = csub.add_parser("pull", parents=[common], help="print main (or save with -o)")
+    s.add_argument("type")
+    s.add_argument("-o", "--output", type=Path)
+    s = csub.add_parser("list", parents=[common], help="versions of a type")
+    s.add_argument("type")
+    s.add_argument("--limit", type=int, default=50)
+    s = csub.add_parser("show", parents=[common], help="one version with content")
+    s.add_argument("version_id")
+    s = csub.add_parser("set-main", parents=[common], help="make a version main")
+    s.add_argument("type")
+    s.add_argument("version_id")
+    s = csub.add_parser("history", parents=[common], help="who set main when")
+    s.add_argument("type")
+    s.add_argument("--limit", type=int, default=50)
+    s = csub.add_parser("diff", parents=[common], help="unified diff of two versions")
+    s.add_argument("a")
+    s.add_argument("b")
+    csub.add_parser("verify", parents=[common], help="check every snapshot's SHA256")
+    csub.add_parser("types", parents=[common], help="config types and their main versions")
+    return ap
+
+
+def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    elif text:
+        print(text)
+
+
+def _job_exit(j: JobResult) -> int:
+    return 0 if not j.is_done() or j.is_successful() else 1
+
+
+def run(args: argparse.Namespace, c: Client) -> int:
+    cmd = args.cmd
+    if cmd == "health":
+        h = c.health()
+        run_ = h["running"]
+        _out(args, h, f"labd {h['version']}: {h['status']}, {h['pending']} pending, "
+             f"running: {run_['job_id'] if run_ else 'none'}, up {h['uptime_s']:.0f} s, "
+             f"{h['hardware']} hardware, you are {h['you']}{' (admin)' if h['admin'] else ''}")
+        return 0
+    if cmd == "submit":
+        module, _, cls = args.experiment.rpartition(".")
+        if not module:
+            raise ValueError("experiment must be module.Class")
+        pins = dict(p.split("=", 1) for p in args.pin)
+        job_id = c.submit(cls, module, load_expt_config(args.config_file, args.param),
+                          user=args.user, priority=args.priority,
+                          time_limit_s=args.time_limit, config_versions=pins or None)
+        if args.wait:
+            j = c.wait(job_id, progress=not args.json and sys.stderr.isatty())
+            _out(args, j.raw, _show(j))
+            return _job_exit(j)
+        _out(args, {"job_id": job_id}, job_id)
+        return 0
+    if cmd == "queue":
+        os_user = c.health()["you"] if args.mine else None
+        q = c.queue(user=args.user, os_user=os_user)
+        _out(args, q, format_queue(q))
+        return 0
+    if cmd == "show":
+        j = c.get(args.job_id)
+        _out(args, j.raw, _show(j))
+        return _job_exit(j)
+    if cmd == "wait":
+        j = c.wait(args.job_id, timeout=args.timeout,
+                   progress=args.progress and not args.json)
+        _out(args, j.raw, _show(j))
+        return 7 if not j.is_done() else _job_exit(j)
+    if cmd == "cancel":
+        if bool(args.batch) == bool(args.job_id):
+            raise ValueError("give a job ID or --batch BATCH_ID")
+        r = c.cancel_batch(args.batch) if args.batch else c.cancel(args.job_id)
+        text = (f"{args.batch}: cancelled {len(r['cancelled'])}, refused {len(r['refused'])}"
+                if args.batch else f"{r['job_id']}: {r['status']}")
+        _out(args, r, text)
+        return 0
+    if cmd == "history":
+        page = c.call("history", **{k: v for k, v in dict(
+            user=args.user, os_user=args.os_user, status=args.status,
+            experiment=args.experiment, batch_id=args.batch, since=args.since,
+            limit=args.limit, cursor=args.cursor).items() if v is not None})
+        jobs = [JobResult.from_dict(j) for j in page["jobs"]]
+        text = "\n".join(_job_line(j) for j in jobs) or "(no jobs)"
+        if page["next_cursor"] is not None:
+            text += f"\n(more: --cursor {page['next_cursor']})"
+        _out(args, page, text)
+        return 0
+    if cmd == "logs":
+        if args.follow:
+            for text in c.follow_logs(args.job_id):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            return 0
+        offset, chunks = 0, []
+        while True:
+            page = c.logs(args.job_id, offset)
+            chunks.append(page["text"])
+            if not page["text"]:
+                break
+            offset = page["offset"]
+        text = "".join(chunks)
+        _out(args, {"job_id": args.job_id, "text": text, "offset": offset}, text.rstrip("\n"))
+        return 0
+    if cmd == "rerun":
+        job_id = c.rerun(args.job_id)
+        _out(args, {"job_id": job_id, "rerun_of": args.job_id}, job_id)
+        return 0
+    if cmd == "config":
+        return run_config(args, c)
+    raise ValueError(f"unknown command {cmd}")
+
+
+def run_config(args: argparse.Namespace, c: Client) -> int:
+    a = args.config_cmd
+    if a == "push":
+        r = c.config_push(args.type, args.file.read_text(), args.message, args.expect)
+        _out(args, r, f"{r['version_id']} is now main for {r['type']}"
+             + ("" if r["created"] else " (identical content: existing version reused)"))
+    elif a == "pull":
+        r = c.config_pull(args.type)
+        if args.output:
+            args.output.write_text(r["content"])
+            _out(args, {k: v for k, v in r.items() if k != "content"},
+                 f"{r['version_id']} written to {args.output}")
+        else:
+            _out(args, r, r["content"].rstrip("\n"))
+    elif a == "list":
+        r = c.config_versions(args.type, args.limit)
+        _out(args, r, "\n".join(
+            f"{'*' if v['is_main'] else ' '} {v['version_id']}  {v['created_at']}  "
+            f"{v['created_by']}  {v['sha256'][:12]}  {v['message'] or ''}"
+            for v in r["versions"]))
+    elif a == "show":
+        r = c.config_show(args.version_id)
+        _out(args, r, f"# {r['version_id']} ({r['type']}) by {r['created_by']} at "
+             f"{r['created_at']}{' [main]' if r['is_main'] else ''}\n{r['content'].rstrip()}")
+    elif a == "set-main":
+        r = c.config_set_main(args.type, args.version_id)
+        _out(args, r, f"{r['version_id']} is now main for {r['type']}")
+    elif a == "history":
+        r = c.config_history(args.type, args.limit)
+        _out(args, r, "\n".join(f"{h['set_at']}  {h['version_id']}  {h['set_by']}"
+                                for h in r["history"]))
+    elif a == "diff":
+        d = c.config_diff(args.a, args.b)
+        _out(args, {"a": args.a, "b": args.b, "diff": d}, d.rstrip("\n") or "(identical)")
+    elif a == "verify":
+        r = c.config_verify()
+        _out(args, r, f"{r['checked']} snapshots checked: " + (
+            "all OK" if r["ok"] else "\n".join(f"BAD {b['version_id']}: {b['error']}"
+                                               for b in r["bad"])))
+        return 0 if r["ok"] else 1
+    elif a == "types":
+        r = c.config_types()
+        _out(args, r, "\n".join(f"{t['name']:<24} {t['code']:<4} {t['format']:<5} "
+                                f"main={t['main']}" for t in r))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.socket) as c:
+            return run(args, c)
+    except errors.LabdError as exc:
+        print(f"labctl: {exc.message}", file=sys.stderr)
+        return EXIT_CODES.get(type(exc), 8)
+    except (ValueError, OSError) as exc:
+        print(f"labctl: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiments that misbehave on purpose, allowed only in the test daemons' settings."""

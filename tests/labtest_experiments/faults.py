@@ -1,0 +1,99 @@
+"""One experiment per way a job can go wrong."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from experiments.base import Experiment
+
+
+class FaultConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(0.0, ge=0)
+    lines: int = Field(0, ge=0)
+    size_mb: int = Field(0, ge=0)
+
+
+class RaiseInAcquire(Experiment):
+    config_model = FaultConfig
+
+    def acquire(self):
+        print("about to fail")
+        raise ValueError("the sample holder is on fire")
+
+
+class RaiseInAnalyze(Experiment):
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
+
+    def analyze(self, data):
+        raise RuntimeError("fit did not converge")
+
+
+class IgnoresStop(Experiment):
+    """A pure-Python busy loop that never checks the stop flag."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        end = time.monotonic() + self.cfg.seconds
+        x = 0
+        while time.monotonic() < end:
+            x += 1
+        return {"xpts": [float(x)]}
+
+
+class StuckInC(Experiment):
+    """Blocks in a C call that neither the stop flag nor an async exception can break."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        time.sleep(self.cfg.seconds)
+        return {"xpts": [0.0]}
+
+
+class HugeOutput(Experiment):
+    config_model = FaultConfig
+
+    def acquire(self):
+        for i in range(self.cfg.lines):
+            print(f"line {i} " + "x" * 100)
+        return {"xpts": [0.0]}
+
+
+class NonFinite(Experiment):
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": np.arange(3.0), "avgi": np.array([1.0, np.nan, np.inf])}
+
+
+class NotArrays(Experiment):
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": object()}
+
+
+class NotADict(Experiment):
+    config_model = FaultConfig
+
+    def acquire(self):
+        return [1, 2, 3]
+
+
+class MemoryHungry(Experiment):
+    config_model = FaultConfig
+
+    def acquire(self):
+        blocks = []
+        for _ in range(self.cfg.size_mb):
+            blocks.append(np.ones(1024 * 1024 // 8))
+        raise MemoryError("simulated: could not allocate the next buffer")
+
+
+class NotAnExperiment:
+    pass

@@ -1,0 +1,92 @@
+"""Identity comes from the kernel: other accounts cannot touch your jobs."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from labd_client import Client
+
+NOBODY = 65534
+OTHER = 65533
+NOOP = {"experiment_class": "NoOpExperiment",
+        "experiment_module": "experiments.diagnostics.noop"}
+SLEEP = {"experiment_class": "SleepExperiment",
+         "experiment_module": "experiments.diagnostics.sleep",
+         "experiment_config": {"seconds": 60, "steps": 600}}
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uid")
+
+
+def as_uid(uid: int, sock_path, calls: list[tuple[str, dict]]) -> list[dict]:
+    """Run raw JSON-RPC calls from a forked child that has dropped to ``uid``."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            out = []
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(str(sock_path))
+                f = s.makefile("rwb")
+                for i, (method, params) in enumerate(calls):
+                    f.write(json.dumps({"jsonrpc": "2.0", "method": method,
+                                        "params": params, "id": i}).encode() + b"\n")
+                    f.flush()
+                    out.append(json.loads(f.readline()))
+            except OSError as exc:
+                out.append({"oserror": exc.errno})
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def test_user_outside_socket_group_cannot_connect(make_daemon):
+    d = make_daemon()  # socket 0660 root:root
+    [res] = as_uid(NOBODY, d.socket, [("health", {})])
+    assert res == {"oserror": 13}  # EACCES
+
+
+def test_identity_ownership_and_priority_cap(make_daemon):
+    d = make_daemon(socket_mode=0o666, priority_cap=10)
+    res = as_uid(NOBODY, d.socket, [
+        ("health", {}),
+        ("submit", {**SLEEP, "user": "alice"}),
+        ("submit", {**NOOP, "priority": 11}),
+        ("submit", {**NOOP, "priority": 10}),
+    ])
+    assert res[0]["result"]["you"] == "nobody" and res[0]["result"]["admin"] is False
+    mine = res[1]["result"]["job_id"]
+    assert res[2]["error"]["code"] == -32002 and "above the cap 10" in res[2]["error"]["message"]
+    assert "result" in res[3]
+    with Client(d.socket) as c:
+        job = c.get(mine)
+        assert job.user == "alice" and job.raw["os_user"] == "nobody"
+        root_job = c.submit(**{"experiment_class": NOOP["experiment_class"],
+                               "experiment_module": NOOP["experiment_module"]})
+    # another non-admin account may neither cancel nobody's job nor root's
+    other = as_uid(OTHER, d.socket, [("cancel", {"job_id": mine}),
+                                     ("cancel", {"job_id": root_job})])
+    for r in other:
+        assert r["error"]["code"] == -32002
+        assert "belongs to another account" in r["error"]["message"]
+    # the owner may; an admin (root) may cancel anyone's
+    own = as_uid(NOBODY, d.socket, [("cancel", {"job_id": res[3]["result"]["job_id"]})])
+    assert own[0]["result"]["status"] in ("cancelled", "cancelling") or \
+        own[0]["error"]["code"] == -32003
+    with Client(d.socket) as c:
+        assert c.cancel(mine)["status"] in ("cancelled", "cancelling")
+        assert c.wait(mine, timeout=20).status == "cancelled"
