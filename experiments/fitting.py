@@ -1,0 +1,82 @@
+"""Curve fits used by the experiments' analyze(): each returns named parameters and their
+standard errors, so results land in the data file with uncertainties."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import curve_fit
+
+
+def _fit(f: Callable, x: np.ndarray, y: np.ndarray, p0: list[float], names: list[str],
+         bounds=(-np.inf, np.inf)) -> dict[str, float]:
+    popt, pcov = curve_fit(f, x, y, p0=p0, bounds=bounds, maxfev=20000)
+    err = np.sqrt(np.clip(np.diag(pcov), 0, None))
+    out = {n: float(v) for n, v in zip(names, popt)}
+    out.update({f"{n}_err": float(e) for n, e in zip(names, err)})
+    return out
+
+
+def signal_axis(iq: np.ndarray) -> np.ndarray:
+    """Project complex IQ onto the axis of largest variance (the |g>-|e> axis)."""
+    z = iq - iq.mean()
+    angle = 0.5 * np.angle(np.sum(z ** 2))
+    return (z * np.exp(-1j * angle)).real
+
+
+def rabi(x, amp, pi_gain, offset):
+    return amp * np.cos(np.pi * x / pi_gain) + offset
+
+
+def fit_rabi(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    spectrum = np.abs(np.fft.rfft(y - y.mean()))
+    freqs = np.fft.rfftfreq(len(x), x[1] - x[0])
+    f0 = freqs[1 + np.argmax(spectrum[1:])] if len(freqs) > 1 else 1.0 / (x[-1] - x[0])
+    guesses = [1 / (2 * f0)] + [x[-1] * k for k in (0.25, 0.5, 1.0)]
+    best = None
+    for g in guesses:  # cos fits have local minima: keep the best of a few starts
+        for sign in (1, -1):
+            try:
+                r = _fit(rabi, x, y, [sign * np.ptp(y) / 2, g, y.mean()],
+                         ["amp", "pi_gain", "offset"], ([-np.inf, 1e-6, -np.inf], np.inf))
+            except RuntimeError:
+                continue
+            res = np.sum((rabi(x, r["amp"], r["pi_gain"], r["offset"]) - y) ** 2)
+            if best is None or res < best[0]:
+                best = (res, r)
+    if best is None:
+        raise RuntimeError("Rabi fit did not converge")
+    return best[1]
+
+
+def exp_decay(x, amp, tau, offset):
+    return amp * np.exp(-x / tau) + offset
+
+
+def fit_exp(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    p0 = [y[0] - y[-1], (x[-1] - x[0]) / 3 or 1.0, y[-1]]
+    return _fit(exp_decay, x, y, p0, ["amp", "tau", "offset"],
+                ([-np.inf, 1e-9, -np.inf], np.inf))
+
+
+def decay_cos(x, amp, freq, phase, tau, offset):
+    return amp * np.exp(-x / tau) * np.cos(2 * np.pi * freq * x + phase) + offset
+
+
+def fit_decaying_cos(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    spectrum = np.abs(np.fft.rfft(y - y.mean()))
+    freqs = np.fft.rfftfreq(len(x), x[1] - x[0])
+    f0 = freqs[1 + np.argmax(spectrum[1:])]
+    p0 = [np.ptp(y) / 2, f0, 0.0, (x[-1] - x[0]) / 2, y.mean()]
+    return _fit(decay_cos, x, y, p0, ["amp", "freq", "phase", "tau", "offset"],
+                ([0, 0, -2 * np.pi, 1e-9, -np.inf], [np.inf, np.inf, 2 * np.pi, np.inf, np.inf]))
+
+
+def lorentzian(x, amp, f0, fwhm, offset):
+    return offset - amp * (fwhm / 2) ** 2 / ((x - f0) ** 2 + (fwhm / 2) ** 2)
+
+
+def fit_lorentzian_dip(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    p0 = [y.max() - y.min(), x[np.argmin(y)], (x[-1] - x[0]) / 10, y.max()]
+    return _fit(lorentzian, x, y, p0, ["amp", "f0", "fwhm", "offset"],
+                ([0, x.min(), 1e-6, -np.inf], [np.inf, x.max(), np.inf, np.inf]))

@@ -1,0 +1,1 @@
+"""Single-qubit characterisation experiments (the predecessor's module paths)."""

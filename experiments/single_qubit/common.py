@@ -1,0 +1,114 @@
+"""What the single-qubit experiments share: channel and pulse parameters from the hardware
+config, a tProc v2 program skeleton (drive + readout + one sweep loop), and the simulated
+qubit's readout response."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import Field
+from qick.asm_v2 import AveragerProgramV2
+
+from experiments.base import Experiment, ExperimentConfig
+
+
+class SweepConfig(ExperimentConfig):
+    start: float = 0.0
+    step: float = Field(0.01, gt=0)
+    expts: int = Field(51, ge=2, le=10_000)
+
+    def points(self) -> np.ndarray:
+        return self.start + self.step * np.arange(self.expts)
+
+
+class QubitProgram(AveragerProgramV2):
+    """Declares the qubit drive, the readout and a loop named "sweep"; subclasses add their
+    pulses in ``_pulses`` and play them in ``_sequence`` before ``measure``."""
+
+    def _initialize(self, cfg: dict[str, Any]) -> None:
+        q = cfg["q"]
+        self.declare_gen(ch=q["qubit_ch"], nqz=q["qubit_nqz"])
+        if q["res_ch"] != q["qubit_ch"]:
+            self.declare_gen(ch=q["res_ch"], nqz=q["res_nqz"])
+        self.declare_readout(ch=q["ro_ch"], length=q["ro_length"])
+        self.add_loop("sweep", cfg["expts"])
+        ro_freq = cfg.get("ro_freq", q["ro_freq"])
+        self.add_readoutconfig(ch=q["ro_ch"], name="ro", freq=ro_freq, gen_ch=q["res_ch"])
+        self.add_pulse(ch=q["res_ch"], name="readout", style="const", length=q["ro_length"],
+                       freq=ro_freq, phase=0, gain=cfg.get("ro_gain", q["ro_gain"]))
+        self._pulses(cfg)
+
+    def _pulses(self, cfg: dict[str, Any]) -> None: ...
+
+    def _sequence(self, cfg: dict[str, Any]) -> None: ...
+
+    def _body(self, cfg: dict[str, Any]) -> None:
+        q = cfg["q"]
+        self.send_readoutconfig(ch=q["ro_ch"], name="ro", t=0)
+        self._sequence(cfg)
+        self.delay_auto(0.05)
+        self.pulse(ch=q["res_ch"], name="readout", t=0)
+        self.trigger(ros=[q["ro_ch"]], pins=[0], t=q["trig_offset"])
+
+    def add_qubit_pulse(self, cfg: dict[str, Any], name: str, gain: Any, sigma: float,
+                        pulse_type: str = "gauss", phase: Any = 0.0) -> None:
+        q = cfg["q"]
+        if pulse_type == "gauss":
+            if f"env_{sigma}" not in self._envelopes_declared():
+                self.add_gauss(ch=q["qubit_ch"], name=f"env_{sigma}", sigma=sigma,
+                               length=4 * sigma, even_length=True)
+            self.add_pulse(ch=q["qubit_ch"], name=name, style="arb", envelope=f"env_{sigma}",
+                           freq=q["f_ge"], phase=phase, gain=gain)
+        else:
+            self.add_pulse(ch=q["qubit_ch"], name=name, style="const", length=4 * sigma,
+                           freq=q["f_ge"], phase=phase, gain=gain)
+
+    def _envelopes_declared(self) -> set[str]:
+        return {name for env in self.envelopes for name in env["envs"]}
+
+
+class SingleQubitExperiment(Experiment):
+    config_model = SweepConfig
+
+    def qubit(self) -> dict[str, Any]:
+        """Channels and calibrated parameters of the first selected qubit."""
+        hw = self.ctx.hardware_config.get("hw", {}).get("soc", {})
+        dacs, adcs = hw.get("dacs", {}), hw.get("adcs", {})
+        q = self.cfg.qubits[0]
+
+        def ch(table: dict, role: str, key: str = "ch", default: int = 0) -> int:
+            v = table.get(role, {}).get(key, default)
+            return int(v[q] if isinstance(v, list) else v)
+        return {
+            "qubit_ch": ch(dacs, "qubit"), "qubit_nqz": ch(dacs, "qubit", "nyquist", 1),
+            "res_ch": ch(dacs, "readout"), "res_nqz": ch(dacs, "readout", "nyquist", 2),
+            "ro_ch": ch(adcs, "readout"),
+            "f_ge": float(self.device("qubit", "f_ge")),
+            "pi_gain": float(self.device("qubit", "pulses", default={}).get("pi_ge", {})
+                             .get("gain", [0.5])[q]),
+            "pi_sigma": float(self.device("qubit", "pulses", default={}).get("pi_ge", {})
+                              .get("sigma", [0.05])[q]),
+            "ro_freq": float(self.device("readout", "frequency")),
+            "ro_gain": float(self.device("readout", "gain")),
+            "ro_length": float(self.device("readout", "readout_length")),
+            "trig_offset": 0.0,
+        }
+
+    def run_sweep(self, program: type[QubitProgram], xpts: np.ndarray,
+                  model: Callable[[dict[str, float]], np.ndarray],
+                  **params: Any) -> dict[str, np.ndarray]:
+        """Compile ``program`` against the board's QickConfig and acquire it."""
+        cfg = {"q": self.qubit(), "expts": self.cfg.expts, **params}
+        self.ctx.log.info("%s on qubit %s: %d points x %d reps x %d rounds",
+                          type(self).__name__, self.cfg.qubits[0], self.cfg.expts,
+                          self.cfg.reps, self.cfg.rounds)
+        prog = program(self.ctx.board.soccfg, reps=self.cfg.reps,
+                       final_delay=self.cfg.relax_delay, cfg=cfg)
+        iq = self.ctx.board.acquire(prog, rounds=self.cfg.rounds, ctx=self.ctx, model=model)
+        return self.iq_data(xpts, iq)
+
+
+def readout_iq(p_excited: np.ndarray, truth: dict[str, float]) -> np.ndarray:
+    """Simulated demodulated IQ for an excited-state population."""
+    ground, excited = -0.5 + 0.2j, 0.5 - 0.1j
+    return truth["signal"] * (ground + (excited - ground) * np.asarray(p_excited))

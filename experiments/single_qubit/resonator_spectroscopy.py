@@ -1,0 +1,46 @@
+"""Resonator spectroscopy: sweep the readout frequency and fit the transmission dip."""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+from qick.asm_v2 import QickSweep1D
+
+from experiments.fitting import fit_lorentzian_dip
+
+from .common import QubitProgram, SingleQubitExperiment, SweepConfig
+
+
+class ResonatorSpectroscopyConfig(SweepConfig):
+    start: float = Field(6990.0, gt=0, description="MHz")
+    step: float = Field(0.2, gt=0, description="MHz")
+    expts: int = Field(101, ge=5, le=5000)
+    gain: float | None = Field(None, gt=0, le=1, description="default: readout gain")
+    reps: int = Field(500, ge=1, le=10_000_000)
+    relax_delay: float = Field(10.0, ge=0, le=1e6)
+
+
+class ResonatorSpectroscopyProgram(QubitProgram):
+    pass  # readout pulse only; its frequency is the sweep
+
+
+class ResonatorSpectroscopyExperiment(SingleQubitExperiment):
+    config_model = ResonatorSpectroscopyConfig
+
+    def acquire(self):
+        c = self.cfg
+        xpts = c.points()
+
+        def model(truth):
+            half = truth["kappa"] / 2
+            s21 = 1 - 0.8 * half / (half - 1j * (xpts - truth["f_res"]))
+            return truth["signal"] * s21 * np.exp(-2j * np.pi * 0.05 * (xpts - xpts[0]))
+        params = {"ro_freq": QickSweep1D("sweep", c.start, xpts[-1])}
+        if c.gain is not None:
+            params["ro_gain"] = c.gain
+        return self.run_sweep(ResonatorSpectroscopyProgram, xpts, model, **params)
+
+    def analyze(self, data):
+        # |S21|^2 (not |S21|) of a notch resonator is a Lorentzian with FWHM = kappa
+        fit = fit_lorentzian_dip(data["xpts"], data["amps"] ** 2)
+        return {"f_res": fit["f0"], "f_res_err": fit["f0_err"], "kappa": fit["fwhm"],
+                "fit_params": np.array([fit[k] for k in ("amp", "f0", "fwhm", "offset")])}

@@ -1,0 +1,45 @@
+"""T1: excite with a pi pulse, wait, measure; the excited population decays as exp(-t/T1)."""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+from qick.asm_v2 import QickSweep1D
+
+from experiments.fitting import fit_exp, signal_axis
+
+from .common import QubitProgram, SingleQubitExperiment, SweepConfig, readout_iq
+
+
+class T1Config(SweepConfig):
+    start: float = Field(0.0, ge=0, description="us")
+    step: float = Field(4.0, gt=0, description="us")
+    expts: int = Field(51, ge=3, le=2000)
+
+
+class T1Program(QubitProgram):
+    def _pulses(self, cfg):
+        q = cfg["q"]
+        self.add_qubit_pulse(cfg, "pi", q["pi_gain"], q["pi_sigma"])
+
+    def _sequence(self, cfg):
+        self.pulse(ch=cfg["q"]["qubit_ch"], name="pi", t=0)
+        self.delay_auto(cfg["wait"], tag="wait")
+
+
+class T1Experiment(SingleQubitExperiment):
+    config_model = T1Config
+
+    def acquire(self):
+        c = self.cfg
+        xpts = c.points()
+
+        def model(truth):
+            return readout_iq(np.exp(-xpts / truth["T1"]), truth)
+        return self.run_sweep(T1Program, xpts, model,
+                              wait=QickSweep1D("sweep", c.start, xpts[-1]))
+
+    def analyze(self, data):
+        y = signal_axis(data["avgi"] + 1j * data["avgq"])
+        fit = fit_exp(data["xpts"], y if y[0] > y[-1] else -y)
+        return {"T1": fit["tau"], "T1_err": fit["tau_err"],
+                "fit_params": np.array([fit["amp"], fit["tau"], fit["offset"]])}

@@ -1,0 +1,141 @@
+"""The experiments: real qick programs compiled against the ZCU216 QickConfig, simulated
+physics, fits that recover the simulated parameters, through the whole daemon."""
+from __future__ import annotations
+
+import json
+import logging
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from labd.hardware import SHIPPED_SOCCFG, load_soccfg_dict
+from labd.hardware.simulated import DEFAULT_TRUTH, SimulatedBoard
+from labd_client import InvalidParams
+
+SQ = "experiments.single_qubit."
+HW = yaml.safe_load(open(SHIPPED_SOCCFG.parent / "hardware_config.yml"))
+
+
+class Ctx:
+    job_id = "JOB-TEST"
+    log = logging.getLogger("test")
+
+    def __init__(self, seed=0):
+        self.board = SimulatedBoard(load_soccfg_dict(None), seed=seed)
+        self.hardware_config = HW
+        self.progress_calls = []
+
+    def check_stop(self):
+        pass
+
+    def should_stop(self):
+        return False
+
+    def progress(self, done, total):
+        self.progress_calls.append((done, total))
+
+
+def run(cls, cfg, seed=0):
+    exp = cls(Ctx(seed), cls.config_model.model_validate(cfg))
+    data = exp.acquire()
+    return data, exp.analyze(data)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fits_recover_simulated_parameters(seed):
+    from experiments.single_qubit.amplitude_rabi import AmplitudeRabiExperiment
+    from experiments.single_qubit.resonator_spectroscopy import ResonatorSpectroscopyExperiment
+    from experiments.single_qubit.t1 import T1Experiment
+    from experiments.single_qubit.t2_ramsey import T2RamseyExperiment
+    t = DEFAULT_TRUTH
+    _, r = run(T1Experiment, {"reps": 4000}, seed)
+    assert r["T1"] == pytest.approx(t["T1"], rel=0.10)
+    _, r = run(T2RamseyExperiment, {"reps": 4000}, seed)
+    assert r["T2R"] == pytest.approx(t["T2R"], rel=0.10)
+    assert r["fringe_freq"] == pytest.approx(0.1, rel=0.05)
+    _, r = run(AmplitudeRabiExperiment, {"reps": 4000}, seed)
+    assert r["pi_gain"] == pytest.approx(t["pi_gain"], rel=0.05)
+    _, r = run(ResonatorSpectroscopyExperiment, {"reps": 4000}, seed)
+    assert r["f_res"] == pytest.approx(t["f_res"], abs=0.1)
+    assert r["kappa"] == pytest.approx(t["kappa"], rel=0.15)
+
+
+def test_noise_shrinks_with_reps():
+    from experiments.single_qubit.t1 import T1Experiment
+    resid = {}
+    for reps in (100, 10000):
+        data, r = run(T1Experiment, {"reps": reps, "expts": 201}, seed=5)
+        iq = data["avgi"] + 1j * data["avgq"]
+        resid[reps] = np.std(np.diff(iq.real))
+    assert resid[10000] < resid[100] / 5  # ~1/sqrt(100) = 1/10 expected
+
+
+def test_ramsey_detects_qubit_detuning():
+    from experiments.single_qubit.t2_ramsey import T2RamseyExperiment
+    ctx = Ctx(4)
+    ctx.board.truth["f_ge"] = 4500.05  # the config's f_ge is 50 kHz too low
+    cls = T2RamseyExperiment
+    exp = cls(ctx, cls.config_model.model_validate({"reps": 4000}))
+    r = exp.analyze(exp.acquire())
+    assert min(abs(f - 4500.05) for f in r["f_ge_corrected"]) < 0.01
+
+
+def test_predecessor_readme_examples_validate():
+    from experiments.single_qubit.amplitude_rabi import AmplitudeRabiExperiment
+    from experiments.single_qubit.t1 import T1Experiment
+    AmplitudeRabiExperiment.config_model.model_validate(
+        {"start": 0, "step": 0.02, "expts": 50, "reps": 100, "rounds": 1, "qubits": [0],
+         "sigma_test": 0.05, "pulse_type": "gauss"})
+    T1Experiment.config_model.model_validate(
+        {"start": 0, "step": 5, "expts": 40, "reps": 100, "rounds": 1, "qubits": [0]})
+
+
+def test_experiments_end_to_end_with_fits_in_data_file(client):
+    cases = {
+        "amplitude_rabi.AmplitudeRabiExperiment": (
+            {"start": 0, "step": 0.02, "expts": 50, "reps": 2000, "rounds": 2, "qubits": [0],
+             "sigma_test": 0.05, "pulse_type": "gauss"}, "pi_gain", 0.62),
+        "t1.T1Experiment": ({"start": 0, "step": 4, "expts": 51, "reps": 4000}, "T1", 50.0),
+        "t2_ramsey.T2RamseyExperiment": ({"reps": 4000}, "T2R", 30.0),
+        "resonator_spectroscopy.ResonatorSpectroscopyExperiment": ({}, "f_res", 7000.0),
+    }
+    for path, (cfg, key, expected) in cases.items():
+        module, cls = (SQ + path).rsplit(".", 1)
+        job = client.wait(client.submit(cls, module, cfg), timeout=60)
+        assert job.status == "completed", (path, job.error_message)
+        assert job.error_message is None
+        assert job.results[key] == pytest.approx(expected, rel=0.1)
+        with h5py.File(job.data_file_path) as f:
+            for k in ("xpts", "avgi", "avgq", "amps", "phases", key, "fit_params"):
+                assert k in f, (path, k)
+            assert f[key][()] == pytest.approx(expected, rel=0.1)
+            assert key in json.loads(f.attrs["result_keys"])
+            cfg_attr = json.loads(f.attrs["config"])
+            assert cfg_attr["expt"]["reps"] == cfg.get("reps", cfg_attr["expt"]["reps"])
+            assert cfg_attr["device"]["qubit"]["f_ge"] == [4500.0]
+            assert len(f.attrs["module_sha256"]) == 64
+            assert json.loads(f.attrs["hardware"])["kind"] == "simulated"
+        assert len(job.raw["module_sha256"]) == 64
+
+
+def test_unknown_and_invalid_keys_rejected_at_submit(client):
+    with pytest.raises(InvalidParams, match="sigma_tset: Extra inputs are not permitted"):
+        client.submit("AmplitudeRabiExperiment", SQ + "amplitude_rabi", {"sigma_tset": 0.1})
+    with pytest.raises(InvalidParams, match="pulse_type"):
+        client.submit("AmplitudeRabiExperiment", SQ + "amplitude_rabi", {"pulse_type": "sinc"})
+    with pytest.raises(InvalidParams, match="reps"):
+        client.submit("T1Experiment", SQ + "t1", {"reps": 0})
+
+
+def test_qick_validators_run_in_mock_mode(client):
+    """qick itself refuses a pulse longer than 2**16 fabric cycles (a 30 us sigma here,
+    sent as inline hardware config), even with no board attached."""
+    hw = client.config_pull("hardware_config")["content"]
+    long_pi = hw.replace("sigma: [0.05]", "sigma: [30.0]")
+    assert long_pi != hw
+    job = client.wait(client.submit("T1Experiment", SQ + "t1", {"reps": 10},
+                                    inline_configs={"hardware_config": long_pi}), timeout=60)
+    assert job.status == "failed"
+    assert "RuntimeError: Pulse length" in job.error_message and "2**16" in job.error_message
