@@ -4,6 +4,7 @@ logged with a reference and never leak their text to the client."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -138,6 +139,7 @@ def rpc(name: str, params: type[_P] = NoParams):
                 log.exception("%s failed (ref %s)", name, ref)
                 return Error(INTERNAL_ERROR, f"internal error in {name}; the daemon log has "
                              f"the details under ref {ref}")
+        method.__signature__ = inspect.signature(method)  # jsonrpcserver inspects every call
         METHODS[name] = method
         return fn
     return deco
@@ -179,7 +181,7 @@ async def submit(call: Call, p: SubmitParams) -> dict[str, Any]:
     job = await _prepare(call, p, None)
     [job_id] = await call.daemon.scheduler.enqueue(call.peer, [job])
     return {"job_id": job_id, "status": "pending",
-            "position": call.daemon.scheduler.position(job_id)}
+            "position": call.daemon.scheduler.queue.position(job_id)}
 
 
 @rpc("submit_batch", BatchParams)
@@ -203,7 +205,7 @@ async def submit_batch(call: Call, p: BatchParams) -> dict[str, Any]:
 async def get(call: Call, p: JobRef) -> dict[str, Any]:
     job = await call.daemon.scheduler.get(p.job_id)
     out = job.model_dump(mode="json")
-    out["position"] = call.daemon.scheduler.position(p.job_id)
+    out["position"] = call.daemon.scheduler.queue.position(p.job_id)
     return out
 
 
@@ -248,18 +250,27 @@ async def wait(call: Call, p: WaitParams) -> dict[str, Any]:
     return out
 
 
+QUEUE_COLUMNS = ["position", "job_id", "priority", "user", "os_user", "experiment_class",
+                 "created_at", "batch_id"]
+
+
 @rpc("queue", QueueParams)
 async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
+    """Pending jobs in run order, as rows of QUEUE_COLUMNS (compact: a 10k-job queue is
+    one small frame), plus the running job."""
     sched = call.daemon.scheduler
     rows = []
-    for pos, pj in enumerate(sched.queue.ordered(), 1):
+    unfiltered = p.user is None and p.os_user is None
+    for pos, pj in enumerate(sched.queue.ordered(p.limit if unfiltered else None), 1):
         if (p.user is None or pj.user == p.user) and \
                 (p.os_user is None or pj.os_user == p.os_user):
-            rows.append({**pj.summary(), "position": pos})
+            rows.append([pos, pj.job_id, pj.priority, pj.user, pj.os_user,
+                         pj.experiment_class, pj.created_at, pj.batch_id])
             if len(rows) >= p.limit:
                 break
     return {"running": sched.running.summary() if sched.running else None,
-            "pending": rows, "total_pending": len(sched.queue), "paused": sched.paused}
+            "columns": QUEUE_COLUMNS, "pending": rows, "total_pending": len(sched.queue),
+            "paused": sched.paused}
 
 
 @rpc("history", HistoryParams)

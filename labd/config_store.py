@@ -53,6 +53,7 @@ class ConfigStore:
         self.types = {t.name: t for t in settings.config_types}
         self.main: dict[str, str] = {}          # type name -> main version ID
         self.counters: dict[str, DailyCounter] = {}
+        self._rows: dict[str, Any] = {}         # version rows are immutable: cache them
 
     async def open(self, counters: dict[str, tuple[str, int]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -81,10 +82,13 @@ class ConfigStore:
         return self.dir / row["filename"]
 
     async def _row(self, version_id: str) -> Any:
-        row = await self.store.fetchone("SELECT * FROM config_versions WHERE version_id = ?",
-                                        (version_id,))
+        row = self._rows.get(version_id)
         if row is None:
-            raise NotFound(f"config version {version_id} does not exist")
+            row = await self.store.fetchone(
+                "SELECT * FROM config_versions WHERE version_id = ?", (version_id,))
+            if row is None:
+                raise NotFound(f"config version {version_id} does not exist")
+            self._rows[version_id] = row
         return row
 
     def read_verified(self, row: Any) -> str:

@@ -70,16 +70,19 @@ def _commit(tmp: Path, final: Path) -> None:
 
 
 def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
-              meta: dict[str, Any], configs: dict[str, dict[str, str]]) -> None:
-    """Write the raw data and everything needed to reproduce it."""
+              meta: dict[str, Any], configs: dict[str, dict[str, str]],
+              analysis: str = "pending") -> None:
+    """Write the raw data and everything needed to reproduce it. ``analysis`` is "pending"
+    until add_results() runs, or "none" for an experiment without analysis."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["config"] = json.dumps(config, default=str)
+            attrs = f.attrs  # h5py builds a new AttributeManager on every f.attrs
+            attrs["config"] = json.dumps(config, default=str)
             for k, v in meta.items():
-                f.attrs[k] = _attr(v)
-            f.attrs["analysis"] = "pending"
+                attrs[k] = _attr(v)
+            attrs["analysis"] = analysis
             for key, arr in data.items():
                 f.create_dataset(key, data=arr)
             grp = f.create_group("configs")
@@ -93,8 +96,7 @@ def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
         raise
 
 
-def add_results(path: Path, results: dict[str, Any], analysis_error: str | None,
-                extra_attrs: dict[str, Any] | None = None) -> None:
+def add_results(path: Path, results: dict[str, Any], analysis_error: str | None) -> None:
     """Add fit results to a saved file via a copy + rename, so a crash here leaves the raw
     file intact."""
     tmp = path.with_name(path.name + ".part")
@@ -113,8 +115,6 @@ def add_results(path: Path, results: dict[str, Any], analysis_error: str | None,
             f.attrs["analysis"] = "failed" if analysis_error else "done"
             if analysis_error:
                 f.attrs["analysis_error"] = analysis_error
-            for k, v in (extra_attrs or {}).items():
-                f.attrs[k] = _attr(v)
         _commit(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ analyze, add the fit results. It never touches the database: it returns an Outco
 scheduler records it."""
 from __future__ import annotations
 
+import copy
 import ctypes
 import logging
 import threading
@@ -17,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from experiments.base import Stopped
+from experiments.base import Experiment, Stopped
 
 from . import __version__, data_file
 from .experiment_loader import ExperimentLoader
@@ -26,6 +27,7 @@ from .job_log import JobLog, LogRouter
 from .models import JobStatus, utcnow
 
 log = logging.getLogger(__name__)
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 job_log = logging.getLogger("labd.job")
 
 
@@ -59,14 +61,15 @@ class Outcome:
     module_sha256: str | None = None
     module_git_rev: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    finished_at: str = field(default_factory=utcnow)  # stamped when the run really ended
 
 
 class JobContext:
     """What the experiment sees of labd while it runs (experiments.base.RunContext)."""
 
-    def __init__(self, spec: JobSpec, board: Any,
+    def __init__(self, job_id: str, board: Any,
                  on_progress: Callable[[str, float], None]) -> None:
-        self.job_id = spec.job_id
+        self.job_id = job_id
         self.board = board
         self.hardware_config: dict[str, Any] = {}
         self.log = job_log
@@ -115,6 +118,7 @@ class Executor:
         self.read_config = config_reader
         self.max_log_bytes = max_log_bytes
         self.router = router
+        self._yaml_cache: dict[str, dict[str, Any]] = {}
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labd-executor")
         self.thread_ident: int | None = self.pool.submit(threading.get_ident).result()
         router.thread_id = self.thread_ident
@@ -122,6 +126,14 @@ class Executor:
     def submit(self, spec: JobSpec, ctx: JobContext,
                on_log: Callable[[str, str], None] | None = None) -> Future:
         return self.pool.submit(self._run, spec, ctx, on_log)
+
+    def _parsed_yaml(self, sha256: str, content: str) -> dict[str, Any]:
+        """Parsed config, cached by content hash (parsing cost more than the rest of a short
+        job); each job gets its own copy so an experiment cannot alter the next one's."""
+        parsed = self._yaml_cache.get(sha256)
+        if parsed is None:
+            parsed = self._yaml_cache[sha256] = yaml.load(content, Loader=_YamlLoader) or {}
+        return copy.deepcopy(parsed)
 
     def interrupt(self) -> None:
         """Last resort for a job that ignores its stop flag: raise in the thread."""
@@ -139,7 +151,9 @@ class Executor:
                     (lambda text: on_log(spec.job_id, text)) if on_log else None)
         self.router.current = jl
         try:
-            return self._run_logged(spec, ctx)
+            out = self._run_logged(spec, ctx)
+            out.finished_at = utcnow()
+            return out
         except JobInterrupted:
             return Outcome(JobStatus.FAILED, f"{ctx.stop_reason or 'interrupted'}; the "
                            "experiment ignored the stop request and was interrupted")
@@ -151,6 +165,7 @@ class Executor:
         out = Outcome(JobStatus.FAILED)
         saved = False
         try:
+            ctx.check_stop()  # cancelled while it was being started
             job_log.info("job %s: %s.%s by %s (%s)", spec.job_id, spec.experiment_module,
                          spec.experiment_class, spec.user, spec.os_user)
             loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
@@ -159,9 +174,8 @@ class Executor:
             contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
                                "content": self.read_config(row)}
                         for name, row in spec.configs.items()}
-            hw = yaml.safe_load(contents["hardware_config"]["content"]) \
-                if "hardware_config" in contents else {}
-            ctx.hardware_config = hw or {}
+            hw = contents.get("hardware_config")
+            ctx.hardware_config = self._parsed_yaml(hw["sha256"], hw["content"]) if hw else {}
             setpoint = self.setpoint.apply(ctx.hardware_config, ctx)
             exp = loaded.cls(ctx, cfg)
             exp.before_job()
@@ -186,25 +200,28 @@ class Executor:
                 "nonfinite_keys": [k for k, a in data.items()
                                    if a.dtype.kind in "fc" and not np.isfinite(a).all()],
             }
-            data_file.write_raw(spec.data_path, data, merged, meta, contents)
+            has_analysis = type(exp).analyze is not Experiment.analyze
+            data_file.write_raw(spec.data_path, data, merged, meta, contents,
+                                analysis="pending" if has_analysis else "none")
             saved = True
             out.data_file_path = str(spec.data_path)
             job_log.info("raw data saved to %s", spec.data_path)
             analysis_error = None
-            results: dict[str, Any] = {}
-            try:
-                results = dict(exp.analyze(dict(data)) or {})
-            except Stopped:
-                raise
-            except Exception as exc:
-                analysis_error = f"{type(exc).__name__}: {exc}"
-                job_log.error("analysis failed (raw data is saved):\n%s", traceback.format_exc())
-            try:
-                data_file.add_results(spec.data_path, results, analysis_error,
-                                      {"finished_at": utcnow()})
-            except Exception as exc:
-                analysis_error = f"saving fit results failed: {type(exc).__name__}: {exc}"
-            out.results = _scalars(results)
+            if has_analysis:  # the raw file above is already safe under its final name
+                results: dict[str, Any] = {}
+                try:
+                    results = dict(exp.analyze(dict(data)) or {})
+                except Stopped:
+                    raise
+                except Exception as exc:
+                    analysis_error = f"{type(exc).__name__}: {exc}"
+                    job_log.error("analysis failed (raw data is saved):\n%s",
+                                  traceback.format_exc())
+                try:
+                    data_file.add_results(spec.data_path, results, analysis_error)
+                except Exception as exc:
+                    analysis_error = f"saving fit results failed: {type(exc).__name__}: {exc}"
+                out.results = _scalars(results)
             out.status = JobStatus.COMPLETED
             if analysis_error:
                 out.error_message = f"analysis failed (raw data saved): {analysis_error}"

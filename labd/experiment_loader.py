@@ -44,6 +44,7 @@ class ExperimentLoader:
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
         self._roots: dict[str, Path] = {}
+        self._paths: dict[str, Path] = {}      # module -> resolved, checked source path
 
     def _package_root(self, package: str) -> Path:
         root = self._roots.get(package)
@@ -117,12 +118,16 @@ class ExperimentLoader:
         client could fix (unknown module/class, not an experiment)."""
         from experiments.base import Experiment  # the contract every job class must meet
 
-        path = self._source_path(module)
+        path = self._paths.get(module) or self._source_path(module)
         with self._lock:
             try:
                 mod, sha = self._module(module, path)
+                self._paths[module] = path
             except InvalidRequest:
                 raise
+            except FileNotFoundError:
+                self._paths.pop(module, None)
+                raise InvalidRequest(f"experiment_module {module!r} not found") from None
             except Exception as exc:
                 raise InvalidRequest(
                     f"experiment_module {module!r} failed to import: "

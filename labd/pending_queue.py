@@ -4,7 +4,8 @@ stays in SQLite), so 100k pending jobs cost a few tens of MB."""
 from __future__ import annotations
 
 import heapq
-from dataclasses import asdict, dataclass
+from bisect import bisect_left, insort
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 
@@ -25,15 +26,17 @@ class PendingJob:
         return (-self.priority, self.order)
 
     def summary(self) -> dict[str, Any]:
-        d = asdict(self)
-        del d["order"]
-        return d
+        return {"job_id": self.job_id, "user": self.user, "os_user": self.os_user,
+                "os_uid": self.os_uid, "experiment_class": self.experiment_class,
+                "experiment_module": self.experiment_module, "priority": self.priority,
+                "created_at": self.created_at, "batch_id": self.batch_id}
 
 
 class PendingQueue:
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, str]] = []
         self._jobs: dict[str, PendingJob] = {}
+        self._by_priority: dict[int, list[int]] = {}  # sorted submit orders: O(log n) rank
         self._next_order = 0
 
     def __len__(self) -> int:
@@ -52,6 +55,7 @@ class PendingQueue:
         job.order = self._next_order
         self._next_order += 1
         self._jobs[job.job_id] = job
+        insort(self._by_priority.setdefault(job.priority, []), job.order)
         heapq.heappush(self._heap, (*job.key(), job.job_id))
 
     def peek(self) -> PendingJob | None:
@@ -69,16 +73,37 @@ class PendingQueue:
         if job is not None:
             heapq.heappop(self._heap)
             del self._jobs[job.job_id]
+            self._unrank(job)
         return job
+
+    def _unrank(self, job: PendingJob) -> None:
+        orders = self._by_priority[job.priority]
+        del orders[bisect_left(orders, job.order)]
+        if not orders:
+            del self._by_priority[job.priority]
 
     def remove(self, job_id: str) -> PendingJob | None:
         """Lazy delete: the heap entry is dropped when it reaches the top."""
         job = self._jobs.pop(job_id, None)
+        if job is not None:
+            self._unrank(job)
         if len(self._heap) > 64 and len(self._heap) > 3 * len(self._jobs):
             self._heap = [(*j.key(), j.job_id) for j in self._jobs.values()]
             heapq.heapify(self._heap)
         return job
 
-    def ordered(self) -> list[PendingJob]:
-        """All pending jobs in the order they will run."""
-        return sorted(self._jobs.values(), key=PendingJob.key)
+    def position(self, job_id: str) -> int | None:
+        """1-based place in the run order; cost grows with the number of distinct
+        priorities, not with the number of jobs."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        ahead = sum(len(o) for p, o in self._by_priority.items() if p > job.priority)
+        return ahead + bisect_left(self._by_priority[job.priority], job.order) + 1
+
+    def ordered(self, limit: int | None = None) -> list[PendingJob]:
+        """Pending jobs in the order they will run (the first ``limit`` of them)."""
+        if limit is not None and limit < len(self._jobs) // 8:
+            return heapq.nsmallest(limit, self._jobs.values(), key=PendingJob.key)
+        jobs = sorted(self._jobs.values(), key=PendingJob.key)
+        return jobs if limit is None else jobs[:limit]

@@ -25,6 +25,27 @@ def _error_frame(code: int, message: str) -> bytes:
                        "id": None}).encode() + b"\n"
 
 
+MAX_BATCH = 100
+_REQUEST_KEYS = frozenset(("jsonrpc", "method", "params", "id"))
+
+
+def validate_request(req: Any) -> Any:
+    """The JSON-RPC 2.0 request schema jsonrpcserver ships, checked in plain Python (its
+    jsonschema validation cost more than the rest of a submit), plus a batch size cap."""
+    items = req if isinstance(req, list) else [req]
+    if not items or len(items) > MAX_BATCH:
+        raise ValueError("empty or oversized batch")
+    for r in items:
+        if not (isinstance(r, dict) and r.get("jsonrpc") == "2.0"
+                and isinstance(r.get("method"), str) and r.keys() <= _REQUEST_KEYS
+                and isinstance(r.get("params", []), (list, dict))):
+            raise ValueError("not a JSON-RPC 2.0 request")
+        rid = r.get("id")
+        if isinstance(rid, bool) or not (rid is None or isinstance(rid, (str, int, float))):
+            raise ValueError("bad id")
+    return req
+
+
 def _deserialize(text: str) -> Any:
     try:
         return json.loads(text)
@@ -147,7 +168,8 @@ class RpcServer:
                           .rstrip("\n"))
                 return
             reply = await async_dispatch(text, methods=self.methods, context=ctx,
-                                         deserializer=_deserialize)
+                                         deserializer=_deserialize,
+                                         validator=validate_request)
             if reply:
                 conn.send(reply)
         except asyncio.CancelledError:

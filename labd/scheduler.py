@@ -69,7 +69,6 @@ class Scheduler:
         self._finishing: set[asyncio.Task] = set()
         self._log_buf: list[tuple[str, str]] = []
         self._log_lock = threading.Lock()
-        self.last_job_end_mono: float | None = None
 
     # ---- start / stop -------------------------------------------------------------
     async def start(self, counters: dict[str, tuple[str, int]]) -> list[str]:
@@ -199,13 +198,39 @@ class Scheduler:
                                                 "internal error while starting the job"))
 
     async def _run(self, pj: PendingJob) -> None:
+        # Visible as running from the moment it leaves the heap, so a cancel that arrives
+        # while the claim is being committed still reaches it.
+        ctx = JobContext(pj.job_id, self.executor.board, self._on_progress)
+        run = Running(pj, ctx, "", time.monotonic(), self.settings.job_time_limit_s)
+        self.running = run
+        if self.stopping:
+            self.request_stop(run, "interrupted: daemon shut down during run")
+        try:
+            spec = await self._claim(run)
+        except StoreError as exc:
+            log.error("could not start %s (%s); it stays pending", pj.job_id, exc)
+            self.running = None
+            self._push(pj)
+            await asyncio.sleep(1.0)  # the database is failing: do not spin
+            return
+        if spec is None:
+            self.running = None
+            return
+        fut = asyncio.wrap_future(self.executor.submit(spec, ctx, self._on_log))
+        outcome = await self._supervise(run, fut)
+        self._flush_logs()
+        self.running = None
+        self._finish(pj.job_id, outcome)
+
+    async def _claim(self, run: Running) -> JobSpec | None:
+        """Resolve the config versions and durably mark the job running (linked to them)."""
+        pj = run.job
         row = await self.store.get_job_row(pj.job_id)
         if row is None or row["status"] != "pending":
-            return
+            return None
         cfg_rows = await self.configs.resolve(json.loads(row["pinned_versions"]))
         started = utcnow()
-        day = pj.job_id.split("-")[1]
-        out_dir = self.settings.output_root / day
+        out_dir = self.settings.output_root / pj.job_id.split("-")[1]
         spec = JobSpec(
             job_id=pj.job_id, user=pj.user, os_user=pj.os_user,
             experiment_module=pj.experiment_module, experiment_class=pj.experiment_class,
@@ -216,20 +241,12 @@ class Scheduler:
         versions = {name: r["version_id"] for name, r in cfg_rows.items()}
         await self.store.write((CLAIM, (started, json.dumps(versions), str(spec.log_path),
                                         pj.job_id)))
-        limit = min(row["time_limit_s"] or self.settings.job_time_limit_s,
-                    self.settings.job_time_limit_max_s)
-        ctx = JobContext(spec, self.executor.board, self._on_progress)
-        run = Running(pj, ctx, started, time.monotonic(), limit)
-        self.running = run
+        run.started_at = started
+        run.started_mono = time.monotonic()
+        run.time_limit_s = min(row["time_limit_s"] or self.settings.job_time_limit_s,
+                               self.settings.job_time_limit_max_s)
         self._publish_job(pj.job_id, "running", started_at=started, config_versions=versions)
-        if self.stopping:
-            self.request_stop(run, "interrupted: daemon shut down during run")
-        fut = asyncio.wrap_future(self.executor.submit(spec, ctx, self._on_log))
-        outcome = await self._supervise(run, fut)
-        self._flush_logs()
-        self.running = None
-        self.last_job_end_mono = time.monotonic()
-        self._finish(pj.job_id, outcome)
+        return spec
 
     async def _supervise(self, run: Running, fut: asyncio.Future) -> Outcome:
         """Wait for the job; on time limit or cancel, escalate: stop flag, then an
@@ -276,7 +293,7 @@ class Scheduler:
         """Record an outcome; the next job may start before this commit, and both share a
         transaction. The terminal event goes out only once the outcome is durable."""
         async def record() -> None:
-            now = utcnow()
+            now = out.finished_at
             try:
                 await self.store.write((FINISH, (
                     out.status.value, now, out.error_message, out.data_file_path,
@@ -323,13 +340,6 @@ class Scheduler:
                              "terminal": JobStatus(status).terminal, **extra})
 
     # ---- views --------------------------------------------------------------------
-    def position(self, job_id: str) -> int | None:
-        pj = self.queue.get(job_id)
-        if pj is None:
-            return None
-        key = pj.key()
-        return 1 + sum(1 for other in self.queue if other.key() < key)
-
     async def get(self, job_id: str) -> Job:
         job = await self.store.get_job(job_id)
         if job is None:

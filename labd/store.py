@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -90,8 +91,8 @@ UPSERT_COUNTER = ("INSERT INTO counters(prefix, day, last) VALUES (?, ?, ?) "
 
 def job_row(values: dict[str, Any]) -> tuple:
     """Column tuple for INSERT_JOB from a dict of job fields (JSON columns encoded)."""
-    return tuple(json.dumps(values.get(c) or {}) if c in _JSON_COLUMNS else values.get(c)
-                 for c in JOB_COLUMNS)
+    return tuple((json.dumps(v) if (v := values.get(c)) else "{}") if c in _JSON_COLUMNS
+                 else values.get(c) for c in JOB_COLUMNS)
 
 
 def row_to_job(row: aiosqlite.Row) -> Job:
@@ -99,6 +100,24 @@ def row_to_job(row: aiosqlite.Row) -> Job:
     for c in _JSON_COLUMNS & d.keys():
         d[c] = json.loads(d[c])
     return Job.model_validate(d)
+
+
+def _run_group(conn: sqlite3.Connection, ops: list[Op]) -> None:
+    """In the SQLite thread: all ops in one transaction; consecutive ops with the same SQL
+    go through one executemany."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        i = 0
+        while i < len(ops):
+            sql, j = ops[i][0], i
+            while j < len(ops) and ops[j][0] == sql:
+                j += 1
+            conn.executemany(sql, [p for _, p in ops[i:j]])
+            i = j
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class StoreError(RuntimeError):
@@ -170,20 +189,10 @@ class Store:
                     fut.set_exception(error) if error else fut.set_result(None)
 
     async def _commit(self, ops: list[Op]) -> None:
-        w = self._w
-        await w.execute("BEGIN IMMEDIATE")
-        try:
-            i = 0
-            while i < len(ops):  # consecutive ops with the same SQL go in one executemany
-                sql, j = ops[i][0], i
-                while j < len(ops) and ops[j][0] == sql:
-                    j += 1
-                await w.executemany(sql, [p for _, p in ops[i:j]])
-                i = j
-            await w.execute("COMMIT")
-        except BaseException:
-            await w.execute("ROLLBACK")
-            raise
+        # One hop to the SQLite thread for the whole group (BEGIN ... COMMIT). aiosqlite's
+        # public calls are one hop each, and the loop wake-ups they cost dominated a submit;
+        # _execute is the primitive those public calls are built on.
+        await self._w._execute(_run_group, self._w._conn, ops)
         self.commits += 1
 
     # ---- reads --------------------------------------------------------------------

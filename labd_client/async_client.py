@@ -165,7 +165,11 @@ class AsyncClient:
 
     async def queue(self, user: str | None = None, os_user: str | None = None,
                     limit: int = 100_000) -> dict[str, Any]:
-        return await self.call("queue", **_clean(user=user, os_user=os_user, limit=limit))
+        """Running job and pending jobs in run order (each a dict with its position)."""
+        q = await self.call("queue", **_clean(user=user, os_user=os_user, limit=limit))
+        cols = q.pop("columns")
+        q["pending"] = [dict(zip(cols, row)) for row in q["pending"]]
+        return q
 
     async def history(self, user: str | None = None, status: str | None = None,
                       limit: int = 50, **filters: Any) -> list[JobResult]:

@@ -47,7 +47,7 @@ def test_noop_job_round_trip_writes_data_file(client, daemon):
         assert json.loads(f.attrs["config_versions"])["hardware_config"].startswith("CFG-HW-")
         assert f.attrs["labd_version"]
         assert f["avgi"][()].tolist() == [2.5]
-        assert f.attrs["analysis"] == "done"
+        assert f.attrs["analysis"] == "none"
     assert job.created_at.endswith("+00:00") and job.started_at and job.finished_at
     assert not list(path.parent.glob("*.part"))
 
@@ -291,3 +291,11 @@ def test_job_client_predecessor_calls(daemon, capsys):
         assert "<table>" in res._repr_html_()
         with pytest.raises(Conflict):
             jc.cancel_job(job_id)
+
+
+def test_cancel_right_after_submit_always_lands(client):
+    """A cancel may arrive while the dispatcher is committing the job's claim."""
+    for _ in range(20):
+        job_id = client.submit(*SLEEP, {"seconds": 30, "steps": 300})
+        assert client.cancel(job_id)["status"] in ("cancelled", "cancelling")
+        assert client.wait(job_id, timeout=20).status == "cancelled"

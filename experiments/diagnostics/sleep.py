@@ -22,8 +22,10 @@ class SleepExperiment(Experiment):
     def acquire(self):
         n = self.cfg.steps
         for i in range(n):
-            self.ctx.check_stop()
-            time.sleep(self.cfg.seconds / n)
+            end = time.monotonic() + self.cfg.seconds / n
+            while (left := end - time.monotonic()) > 0:  # short naps: cancel stays prompt
+                self.ctx.check_stop()
+                time.sleep(min(left, 0.05))
             print(f"step {i + 1}/{n}")
             self.ctx.progress(i + 1, n)
         if self.cfg.fail:

@@ -1,0 +1,49 @@
+"""The heap against a naive model: priority desc, FIFO within a priority, under any mix of
+push / pop / remove."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labd.pending_queue import PendingJob, PendingQueue
+
+
+def job(i: int, prio: int) -> PendingJob:
+    return PendingJob(job_id=f"J{i}", user="u", os_user="u", os_uid=1, experiment_class="C",
+                      experiment_module="m", priority=prio, created_at="", batch_id=None)
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("push"), st.integers(-3, 3)),
+    st.tuples(st.just("pop"), st.just(0)),
+    st.tuples(st.just("remove"), st.integers(0, 200))), max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_matches_naive_model(operations):
+    q = PendingQueue()
+    model: list[tuple[int, int, str]] = []  # (-prio, seq, id)
+    seq = 0
+    for op, arg in operations:
+        if op == "push":
+            q.push(job(seq, arg))
+            model.append((-arg, seq, f"J{seq}"))
+            seq += 1
+        elif op == "pop":
+            model.sort()
+            expected = model.pop(0)[2] if model else None
+            got = q.pop()
+            assert (got.job_id if got else None) == expected
+        else:
+            jid = f"J{arg}"
+            removed = q.remove(jid)
+            present = [m for m in model if m[2] == jid]
+            assert (removed is not None) == bool(present)
+            model = [m for m in model if m[2] != jid]
+        model.sort()
+        assert [j.job_id for j in q.ordered()] == [m[2] for m in model]
+        assert [j.job_id for j in q.ordered(2)] == [m[2] for m in model[:2]]
+        assert len(q) == len(model)
+        for pos, m in enumerate(model, 1):
+            assert q.position(m[2]) == pos
