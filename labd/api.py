@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from jsonrpcserver import Error, Success
@@ -69,6 +70,14 @@ class HistoryParams(_P):
     since: str | None = Field(None, max_length=40)
     limit: int = Field(50, ge=1, le=10_000)
     cursor: int | None = Field(None, ge=0)
+
+
+class PriorityParams(JobRef):
+    priority: int = Field(ge=-(2**31), le=2**31)
+
+
+class UserRef(_P):
+    os_user: str = Field(min_length=1, max_length=64)
 
 
 class WaitParams(JobRef):
@@ -162,6 +171,8 @@ async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[st
     if p.time_limit_s is not None and p.time_limit_s > s.job_time_limit_max_s:
         raise InvalidRequest(f"time_limit_s may be at most {s.job_time_limit_max_s:g}")
     await d.configs.check_pins(p.config_versions)
+    if p.after is not None and await d.scheduler.status_of(p.after) is None:
+        raise InvalidRequest(f"after: no job {p.after}")
     pinned = dict(p.config_versions)
     for name, content in p.inline_configs.items():
         if name in pinned:
@@ -172,7 +183,9 @@ async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[st
         "user": p.user or call.peer.username, "experiment_class": p.experiment_class,
         "experiment_module": p.experiment_module, "experiment_config": p.experiment_config,
         "priority": priority, "time_limit_s": p.time_limit_s, "pinned_versions": pinned,
-        "batch_id": batch_id,
+        "batch_id": batch_id, "held": int(p.hold), "after_job": p.after, "retry_of": None,
+        "not_before": p.not_before.astimezone(timezone.utc).isoformat() if p.not_before
+        else None,
     }
 
 
@@ -217,17 +230,64 @@ async def cancel(call: Call, p: JobRef) -> dict[str, Any]:
 @rpc("cancel_batch", CancelBatch)
 async def cancel_batch(call: Call, p: CancelBatch) -> dict[str, Any]:
     sched = call.daemon.scheduler
-    ids = [pj.job_id for pj in sched.queue if pj.batch_id == p.batch_id]
-    run = sched.running
-    if run is not None and run.job.batch_id == p.batch_id:
-        ids.append(run.job.job_id)
-    done, refused = [], []
-    for job_id in ids:
-        try:
-            done.append((await sched.cancel(call.peer, job_id))["job_id"])
-        except (PermissionDenied, Conflict, NotFound) as exc:
-            refused.append({"job_id": job_id, "error": exc.message})
-    return {"batch_id": p.batch_id, "cancelled": done, "refused": refused}
+    ids = sched.job_ids_where(lambda pj: pj.batch_id == p.batch_id)
+    return {"batch_id": p.batch_id, **await sched.cancel_many(call.peer, ids)}
+
+
+@rpc("cancel_user", UserRef)
+async def cancel_user(call: Call, p: UserRef) -> dict[str, Any]:
+    """Cancel every pending and running job of an account (yours, or anyone's as admin)."""
+    if p.os_user != call.peer.username and not call.peer.is_admin:
+        raise PermissionDenied(f"only an admin may cancel the jobs of {p.os_user}")
+    sched = call.daemon.scheduler
+    ids = sched.job_ids_where(lambda pj: pj.os_user == p.os_user)
+    return {"os_user": p.os_user, **await sched.cancel_many(call.peer, ids)}
+
+
+@rpc("pause")
+async def pause(call: Call, p: NoParams) -> dict[str, Any]:
+    return await call.daemon.scheduler.set_paused(call.peer, True)
+
+
+@rpc("resume")
+async def resume(call: Call, p: NoParams) -> dict[str, Any]:
+    return await call.daemon.scheduler.set_paused(call.peer, False)
+
+
+@rpc("hold", JobRef)
+async def hold(call: Call, p: JobRef) -> dict[str, Any]:
+    return await call.daemon.scheduler.set_held(call.peer, p.job_id, True)
+
+
+@rpc("release", JobRef)
+async def release(call: Call, p: JobRef) -> dict[str, Any]:
+    return await call.daemon.scheduler.set_held(call.peer, p.job_id, False)
+
+
+@rpc("set_priority", PriorityParams)
+async def set_priority(call: Call, p: PriorityParams) -> dict[str, Any]:
+    return await call.daemon.scheduler.set_priority(call.peer, p.job_id, p.priority)
+
+
+@rpc("retry", JobRef)
+async def retry(call: Call, p: JobRef) -> dict[str, Any]:
+    """Submit a failed or cancelled job again as it was submitted (its pins, not the
+    versions it resolved: use rerun to reproduce exactly)."""
+    src = await call.daemon.scheduler.get(p.job_id)
+    if src.status.value not in ("failed", "cancelled"):
+        raise Conflict(f"{p.job_id} is {src.status.value}; only a failed or cancelled job "
+                       "can be retried")
+    call.daemon.scheduler.check_owner(call.peer, src.os_uid, p.job_id, "retry")
+    sp = SubmitParams(experiment_class=src.experiment_class,
+                      experiment_module=src.experiment_module,
+                      experiment_config=src.experiment_config, user=src.user,
+                      priority=src.priority if src.priority <= call.daemon.settings.priority_cap
+                      or call.peer.is_admin else call.daemon.settings.priority_cap,
+                      time_limit_s=src.time_limit_s, config_versions=src.pinned_versions)
+    job = await _prepare(call, sp, src.batch_id)
+    job["retry_of"] = p.job_id
+    [job_id] = await call.daemon.scheduler.enqueue(call.peer, [job])
+    return {"job_id": job_id, "status": "pending", "retry_of": p.job_id}
 
 
 @rpc("wait", WaitParams)
@@ -251,26 +311,36 @@ async def wait(call: Call, p: WaitParams) -> dict[str, Any]:
 
 
 QUEUE_COLUMNS = ["position", "job_id", "priority", "user", "os_user", "experiment_class",
-                 "created_at", "batch_id"]
+                 "created_at", "batch_id", "eta_s"]
 
 
 @rpc("queue", QueueParams)
 async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
     """Pending jobs in run order, as rows of QUEUE_COLUMNS (compact: a 10k-job queue is
-    one small frame), plus the running job."""
+    one small frame), plus the running job and the jobs that wait (held, after, not
+    before). ``eta_s``: expected seconds until the job starts, from past run times of the
+    same experiments (None once an experiment ahead has no history)."""
     sched = call.daemon.scheduler
     rows = []
     unfiltered = p.user is None and p.os_user is None
+    eta = None if sched.paused else sched.time_to_free()
     for pos, pj in enumerate(sched.queue.ordered(p.limit if unfiltered else None), 1):
         if (p.user is None or pj.user == p.user) and \
                 (p.os_user is None or pj.os_user == p.os_user):
             rows.append([pos, pj.job_id, pj.priority, pj.user, pj.os_user,
-                         pj.experiment_class, pj.created_at, pj.batch_id])
+                         pj.experiment_class, pj.created_at, pj.batch_id,
+                         None if eta is None else round(eta, 1)])
             if len(rows) >= p.limit:
                 break
+        est = sched.estimate(pj.experiment_class)
+        eta = None if eta is None or est is None else eta + est
+    waiting = [{**pj.summary(), "waiting_for": pj.waiting_for()}
+               for pj in sched.waiting.values()
+               if (p.user is None or pj.user == p.user) and
+               (p.os_user is None or pj.os_user == p.os_user)][:p.limit]
     return {"running": sched.running.summary() if sched.running else None,
             "columns": QUEUE_COLUMNS, "pending": rows, "total_pending": len(sched.queue),
-            "paused": sched.paused}
+            "waiting": waiting, "paused": sched.paused}
 
 
 @rpc("history", HistoryParams)
@@ -311,9 +381,9 @@ def _size(path: str) -> int:
 @rpc("subscribe", SubscribeParams)
 async def subscribe(call: Call, p: SubscribeParams) -> dict[str, Any]:
     """Push JSON-RPC notifications (method "event") for these topics on this connection."""
-    bad = set(p.topics) - {"job", "progress", "log"}
+    bad = set(p.topics) - {"job", "progress", "log", "queue"}
     if bad:
-        raise InvalidRequest(f"unknown topics {sorted(bad)}; use job, progress, log")
+        raise InvalidRequest(f"unknown topics {sorted(bad)}; use job, progress, log, queue")
     call.conn.topics = set(p.topics)
     call.conn.job_ids = set(p.job_ids) if p.job_ids is not None else None
     call.daemon.events.subscribe(call.conn)
@@ -338,6 +408,7 @@ async def health(call: Call, p: NoParams) -> dict[str, Any]:
     elif sched.paused:
         status = "paused"
     return {"status": status, "version": __version__, "pending": len(sched.queue),
+            "waiting": len(sched.waiting), "paused": sched.paused,
             "running": sched.running.summary() if sched.running else None,
             "uptime_s": round(time.monotonic() - d.started_mono, 3),
             "hardware": d.settings.hardware, "you": call.peer.username,

@@ -5,7 +5,8 @@ is always complete. Layout (readers of the predecessor's files keep working):
   data_management, expt), plus job metadata attrs (job_id, user, os_user, versions, ...)
 - one dataset per data key (``xpts``, ``avgi``, ``avgq``, ``amps``, ``phases``)
 - fit results as root datasets named in attr ``result_keys``; ``analysis_error`` if a fit failed
-- group ``configs``: the exact content of each config version the job ran with."""
+- group ``configs``: the exact content of each config version the job ran with; its attr
+  ``versions`` maps each to its version_id and sha256."""
 from __future__ import annotations
 
 import json
@@ -47,8 +48,6 @@ def check_data(data: Any) -> dict[str, np.ndarray]:
 
 
 def _attr(value: Any) -> Any:
-    if value is None:
-        return ""
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, default=str)
     return value
@@ -81,15 +80,17 @@ def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
             attrs = f.attrs  # h5py builds a new AttributeManager on every f.attrs
             attrs["config"] = json.dumps(config, default=str)
             for k, v in meta.items():
-                attrs[k] = _attr(v)
+                if v is not None and v != []:  # each HDF5 attribute costs ~75 us
+                    attrs[k] = _attr(v)
             attrs["analysis"] = analysis
             for key, arr in data.items():
                 f.create_dataset(key, data=arr)
             grp = f.create_group("configs")
             for name, info in configs.items():
-                ds = grp.create_dataset(name, data=info["content"], dtype=h5py.string_dtype())
-                ds.attrs["version_id"] = info["version_id"]
-                ds.attrs["sha256"] = info["sha256"]
+                grp.create_dataset(name, data=info["content"], dtype=h5py.string_dtype())
+            grp.attrs["versions"] = json.dumps(
+                {name: {"version_id": i["version_id"], "sha256": i["sha256"]}
+                 for name, i in configs.items()})
         _commit(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -128,5 +129,8 @@ def load(path: Path) -> dict[str, Any]:
         arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
         configs = {k: f["configs"][k][()].decode() for k in f["configs"].keys()} \
             if "configs" in f else {}
+        versions = json.loads(f["configs"].attrs.get("versions", "{}")) if "configs" in f \
+            else {}
     config = json.loads(attrs.pop("config", "{}"))
-    return {"data": arrays, "config": config, "configs": configs, "attrs": attrs}
+    return {"data": arrays, "config": config, "configs": configs, "versions": versions,
+            "attrs": attrs}

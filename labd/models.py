@@ -48,6 +48,16 @@ class SubmitParams(_Strict):
     time_limit_s: float | None = Field(None, gt=0, le=10**9)
     config_versions: dict[str, str] = {}   # type name -> pinned version ID
     inline_configs: dict[str, str] = {}    # type name -> content, snapshotted on submit
+    after: str | None = Field(None, pattern=JOB_ID_RE)  # run only once that job completed
+    not_before: datetime | None = None     # timezone-aware; do not start earlier
+    hold: bool = False                     # queue it held; release to let it run
+
+    @field_validator("not_before")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("give a timezone, e.g. 2026-11-24T18:00:00+00:00")
+        return v
 
     @field_validator("config_versions")
     @classmethod
@@ -84,6 +94,10 @@ class Job(BaseModel):
     module_git_rev: str | None = None
     progress: float | None = None
     results: dict[str, Any] = {}
+    held: bool = False
+    after_job: str | None = None
+    not_before: str | None = None
+    retry_of: str | None = None
 
     def is_terminal(self) -> bool:
         return self.status.terminal

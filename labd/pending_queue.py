@@ -20,7 +20,21 @@ class PendingJob:
     priority: int
     created_at: str
     batch_id: str | None
-    order: int = 0          # submit order, assigned by the queue
+    order: int = -1         # submit order, assigned by the queue on first push
+    held: bool = False
+    after: str | None = None        # job that must complete first
+    not_before: float | None = None  # epoch seconds
+
+    def waiting_for(self) -> str | None:
+        """Why this job cannot run yet (None: it can)."""
+        import time
+        if self.held:
+            return "held"
+        if self.after is not None:
+            return f"after {self.after}"
+        if self.not_before is not None and self.not_before > time.time():
+            return "not before " + _iso(self.not_before)
+        return None
 
     def key(self) -> tuple[int, int]:
         return (-self.priority, self.order)
@@ -52,8 +66,10 @@ class PendingQueue:
         return self._jobs.get(job_id)
 
     def push(self, job: PendingJob) -> None:
-        job.order = self._next_order
-        self._next_order += 1
+        """Add a job; one pushed back (after hold or a wait) keeps its submit order."""
+        if job.order < 0:
+            job.order = self._next_order
+            self._next_order += 1
         self._jobs[job.job_id] = job
         insort(self._by_priority.setdefault(job.priority, []), job.order)
         heapq.heappush(self._heap, (*job.key(), job.job_id))
@@ -92,6 +108,13 @@ class PendingQueue:
             heapq.heapify(self._heap)
         return job
 
+    def reprioritize(self, job_id: str, priority: int) -> None:
+        job = self._jobs[job_id]
+        self._unrank(job)
+        job.priority = priority
+        insort(self._by_priority.setdefault(priority, []), job.order)
+        heapq.heappush(self._heap, (*job.key(), job.job_id))  # the old entry goes stale
+
     def position(self, job_id: str) -> int | None:
         """1-based place in the run order; cost grows with the number of distinct
         priorities, not with the number of jobs."""
@@ -107,3 +130,8 @@ class PendingQueue:
             return heapq.nsmallest(limit, self._jobs.values(), key=PendingJob.key)
         jobs = sorted(self._jobs.values(), key=PendingJob.key)
         return jobs if limit is None else jobs[:limit]
+
+
+def _iso(epoch: float) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")

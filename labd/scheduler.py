@@ -9,10 +9,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from .config_store import ConfigStore
-from .errors import Conflict, LimitExceeded, NotFound, PermissionDenied, Unavailable
+from .errors import (Conflict, InvalidRequest, LimitExceeded, NotFound, PermissionDenied,
+                     Unavailable)
 from .events import EventBus
 from .executor import Executor, JobContext, JobSpec, Outcome
 from .identity import Peer
@@ -57,6 +59,8 @@ class Scheduler:
         self.executor = executor
         self.events = events
         self.queue = PendingQueue()
+        self.waiting: dict[str, PendingJob] = {}        # pending but not runnable yet
+        self._dependents: dict[str, set[str]] = {}       # job -> pending jobs after it
         self.running: Running | None = None
         self.paused = False
         self.stopping = False
@@ -66,6 +70,7 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task | None = None
         self._per_user: dict[int, int] = {}
+        self._durations: dict[str, list[float]] = {}   # recent run times per experiment
         self._finishing: set[asyncio.Task] = set()
         self._log_buf: list[tuple[str, str]] = []
         self._log_lock = threading.Lock()
@@ -75,12 +80,15 @@ class Scheduler:
         day, last = counters.get("JOB", (None, 0))
         self.job_ids = DailyCounter("JOB", day, last)
         interrupted = await self.store.recover_running(utcnow())
+        self.paused = await self.store.get_state("paused") == "1"
+        for r in reversed(await self.store.fetchall(
+                "SELECT experiment_class, started_at, finished_at FROM jobs "
+                "WHERE status = 'completed' ORDER BY seq DESC LIMIT 5000")):
+            self._note_duration(r["experiment_class"], (
+                datetime.fromisoformat(r["finished_at"]) -
+                datetime.fromisoformat(r["started_at"])).total_seconds())
         for r in await self.store.pending_rows():
-            self._push(PendingJob(
-                job_id=r["job_id"], user=r["user"], os_user=r["os_user"], os_uid=r["os_uid"],
-                experiment_class=r["experiment_class"],
-                experiment_module=r["experiment_module"], priority=r["priority"],
-                created_at=r["created_at"], batch_id=r["batch_id"]))
+            await self._admit(_pending_job(r))
         self._task = asyncio.create_task(self._dispatch_loop(), name="dispatch")
         self._wake.set()
         return interrupted
@@ -104,6 +112,74 @@ class Scheduler:
     def _push(self, pj: PendingJob) -> None:
         self.queue.push(pj)
         self._per_user[pj.os_uid] = self._per_user.get(pj.os_uid, 0) + 1
+
+    async def _admit(self, pj: PendingJob) -> None:
+        """A stored pending job goes on the heap, or waits (held, dependency, not-before)."""
+        if pj.after is not None:
+            dep = await self.status_of(pj.after)
+            if dep == "completed":
+                pj.after = None
+            elif dep in ("failed", "cancelled"):
+                await self._cancel_stored(pj, f"cancelled: dependency {pj.after} {dep}")
+                return
+            else:
+                self._dependents.setdefault(pj.after, set()).add(pj.job_id)
+        if pj.waiting_for() is None:
+            self._push(pj)
+            return
+        self.waiting[pj.job_id] = pj
+        self._per_user[pj.os_uid] = self._per_user.get(pj.os_uid, 0) + 1
+        if pj.not_before is not None and not pj.held and pj.after is None:
+            self._loop.call_at(self._loop.time() + max(0.0, pj.not_before - time.time()),
+                               self._maybe_release, pj.job_id)
+
+    def _maybe_release(self, job_id: str) -> None:
+        pj = self.waiting.get(job_id)
+        if pj is None:
+            return
+        reason = pj.waiting_for()
+        if reason is None:
+            del self.waiting[job_id]
+            self.queue.push(pj)
+            self._wake.set()
+        elif reason.startswith("not before") and pj.not_before is not None:
+            self._loop.call_at(self._loop.time() + max(0.0, pj.not_before - time.time()),
+                               self._maybe_release, job_id)
+
+    async def status_of(self, job_id: str) -> str | None:
+        if job_id in self.queue or job_id in self.waiting or (
+                self.running is not None and self.running.job.job_id == job_id):
+            return "pending"
+        row = await self.store.fetchone("SELECT status FROM jobs WHERE job_id = ?", (job_id,))
+        return row["status"] if row else None
+
+    def _pending(self, job_id: str) -> PendingJob | None:
+        return self.queue.get(job_id) or self.waiting.get(job_id)
+
+    def _take(self, pj: PendingJob) -> None:
+        """Remove a pending job from wherever it waits."""
+        if self.waiting.pop(pj.job_id, None) is None:
+            self.queue.remove(pj.job_id)
+        self._forget(pj)
+
+    async def _cancel_stored(self, pj: PendingJob, message: str) -> None:
+        await self.store.write((CANCEL_PENDING, (utcnow(), message, pj.job_id)))
+        self._publish_job(pj.job_id, "cancelled", error_message=message)
+        self._job_ended(pj.job_id, "cancelled")
+
+    def _job_ended(self, job_id: str, status: str) -> None:
+        """Release or cancel the jobs that were waiting for this one."""
+        for dep_id in self._dependents.pop(job_id, ()):
+            pj = self.waiting.get(dep_id)
+            if pj is None:
+                continue
+            if status == "completed":
+                pj.after = None
+                self._maybe_release(dep_id)
+            else:
+                self._take(pj)
+                asyncio.create_task(self._cancel_stored(
+                    pj, f"cancelled: dependency {job_id} {status}"))
 
     def _forget(self, pj: PendingJob) -> None:
         n = self._per_user.get(pj.os_uid, 1) - 1
@@ -131,11 +207,7 @@ class Scheduler:
         except StoreError as exc:
             raise Unavailable(f"job not accepted: {exc}") from None
         for j in jobs:
-            self._push(PendingJob(
-                job_id=j["job_id"], user=j["user"], os_user=j["os_user"], os_uid=j["os_uid"],
-                experiment_class=j["experiment_class"],
-                experiment_module=j["experiment_module"], priority=j["priority"],
-                created_at=now, batch_id=j.get("batch_id")))
+            await self._admit(_pending_job(j))
             self._publish_job(j["job_id"], "pending")
         self._wake.set()
         return [j["job_id"] for j in jobs]
@@ -147,18 +219,15 @@ class Scheduler:
                                    f"to another account (owner or an admin only)")
 
     async def cancel(self, peer: Peer, job_id: str) -> dict[str, Any]:
-        pj = self.queue.get(job_id)
+        pj = self._pending(job_id)
         if pj is not None:
             self.check_owner(peer, pj.os_uid, job_id, "cancel")
-            self.queue.remove(job_id)
-            self._forget(pj)
+            self._take(pj)
             try:
-                await self.store.write((CANCEL_PENDING, (utcnow(), f"cancelled by "
-                                        f"{peer.username} while pending", job_id)))
+                await self._cancel_stored(pj, f"cancelled by {peer.username} while pending")
             except StoreError as exc:
-                self._push(pj)
+                await self._admit(pj)
                 raise Unavailable(f"cancel not recorded: {exc}") from None
-            self._publish_job(job_id, "cancelled")
             return {"job_id": job_id, "status": "cancelled"}
         run = self.running
         if run is not None and run.job.job_id == job_id:
@@ -219,6 +288,8 @@ class Scheduler:
         fut = asyncio.wrap_future(self.executor.submit(spec, ctx, self._on_log))
         outcome = await self._supervise(run, fut)
         self._flush_logs()
+        if outcome.status is JobStatus.COMPLETED:
+            self._note_duration(pj.experiment_class, time.monotonic() - run.started_mono)
         self.running = None
         self._finish(pj.job_id, outcome)
 
@@ -305,6 +376,7 @@ class Scheduler:
             self._publish_job(job_id, out.status.value, finished_at=now,
                               error_message=out.error_message,
                               data_file_path=out.data_file_path)
+            self._job_ended(job_id, out.status.value)
         task = asyncio.create_task(record())
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
@@ -339,6 +411,94 @@ class Scheduler:
         self.events.publish({"type": "job", "job_id": job_id, "status": status,
                              "terminal": JobStatus(status).terminal, **extra})
 
+    # ---- queue control ------------------------------------------------------------
+    def _require_admin(self, peer: Peer, what: str) -> None:
+        if not peer.is_admin:
+            raise PermissionDenied(f"only an admin may {what}")
+
+    async def set_paused(self, peer: Peer, paused: bool) -> dict[str, Any]:
+        """Stop (or resume) starting jobs; the running job is not touched. Survives a
+        restart, so a queue paused for maintenance stays paused."""
+        self._require_admin(peer, "pause or resume the queue")
+        await self.store.set_state("paused", "1" if paused else "0")
+        self.paused = paused
+        self._wake.set()
+        self.events.publish({"type": "queue", "paused": paused, "by": peer.username})
+        return {"paused": paused}
+
+    def _own_pending(self, peer: Peer, job_id: str, action: str) -> PendingJob:
+        pj = self._pending(job_id)
+        if pj is None:
+            raise Conflict(f"{job_id} is not pending; only a pending job can be {action}")
+        self.check_owner(peer, pj.os_uid, job_id, action)
+        return pj
+
+    async def set_held(self, peer: Peer, job_id: str, held: bool) -> dict[str, Any]:
+        pj = self._own_pending(peer, job_id, "held" if held else "released")
+        if pj.held != held:
+            await self.store.write(("UPDATE jobs SET held=? WHERE job_id=? AND status='pending'",
+                                    (int(held), job_id)))
+            self._take(pj)
+            pj.held = held
+            await self._admit(pj)
+            self._wake.set()
+        return {"job_id": job_id, "held": held, "waiting_for": pj.waiting_for(),
+                "position": self.queue.position(job_id)}
+
+    async def set_priority(self, peer: Peer, job_id: str, priority: int) -> dict[str, Any]:
+        """The owner may lower a pending job's priority; raising it takes an admin."""
+        pj = self._own_pending(peer, job_id, "reprioritized")
+        s = self.settings
+        if not s.priority_min <= priority <= s.priority_max:
+            raise InvalidRequest(f"priority must be between {s.priority_min} and "
+                                 f"{s.priority_max}")
+        if priority > pj.priority and not peer.is_admin:
+            raise PermissionDenied(f"only an admin may raise a job's priority "
+                                   f"({pj.priority} -> {priority}); you may lower it")
+        await self.store.write(("UPDATE jobs SET priority=? WHERE job_id=? AND "
+                                "status='pending'", (priority, job_id)))
+        if job_id in self.queue:
+            self.queue.reprioritize(job_id, priority)
+        else:
+            pj.priority = priority
+        return {"job_id": job_id, "priority": priority,
+                "position": self.queue.position(job_id)}
+
+    async def cancel_many(self, peer: Peer, job_ids: list[str]) -> dict[str, Any]:
+        done, refused = [], []
+        for job_id in job_ids:
+            try:
+                done.append((await self.cancel(peer, job_id))["job_id"])
+            except (PermissionDenied, Conflict, NotFound) as exc:
+                refused.append({"job_id": job_id, "error": exc.message})
+        return {"cancelled": done, "refused": refused}
+
+    def job_ids_where(self, pred: Any) -> list[str]:
+        """Pending (waiting ones too) and running job IDs matching ``pred(PendingJob)``."""
+        ids = [pj.job_id for pj in (*self.waiting.values(), *self.queue) if pred(pj)]
+        if self.running is not None and pred(self.running.job):
+            ids.append(self.running.job.job_id)
+        return ids
+
+    # ---- estimates -----------------------------------------------------------------
+    def _note_duration(self, experiment_class: str, seconds: float) -> None:
+        recent = self._durations.setdefault(experiment_class, [])
+        recent.append(seconds)
+        del recent[:-20]
+
+    def estimate(self, experiment_class: str) -> float | None:
+        """Expected run time: the mean of the last 20 completed runs of that class."""
+        recent = self._durations.get(experiment_class)
+        return sum(recent) / len(recent) if recent else None
+
+    def time_to_free(self) -> float | None:
+        """Seconds until the running job is expected to end (0 if idle)."""
+        run = self.running
+        if run is None:
+            return 0.0
+        est = self.estimate(run.job.experiment_class)
+        return None if est is None else max(0.0, est - (time.monotonic() - run.started_mono))
+
     # ---- views --------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
         job = await self.store.get_job(job_id)
@@ -347,3 +507,14 @@ class Scheduler:
         if self.running is not None and self.running.job.job_id == job_id:
             job.progress = self.running.progress
         return job
+
+
+def _pending_job(r: Any) -> PendingJob:
+    """The in-memory record of a pending job, from a row or a new job's dict."""
+    nb = r["not_before"]
+    return PendingJob(
+        job_id=r["job_id"], user=r["user"], os_user=r["os_user"], os_uid=r["os_uid"],
+        experiment_class=r["experiment_class"], experiment_module=r["experiment_module"],
+        priority=r["priority"], created_at=r["created_at"], batch_id=r["batch_id"],
+        held=bool(r["held"]), after=r["after_job"],
+        not_before=datetime.fromisoformat(nb).timestamp() if nb else None)

@@ -43,13 +43,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     inline_configs TEXT NOT NULL DEFAULT '{}',
     module_sha256 TEXT,
     module_git_rev TEXT,
-    results TEXT NOT NULL DEFAULT '{}'
+    results TEXT NOT NULL DEFAULT '{}',
+    held INTEGER NOT NULL DEFAULT 0,
+    after_job TEXT,
+    not_before TEXT,
+    retry_of TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user, seq);
 CREATE INDEX IF NOT EXISTS jobs_os_user ON jobs(os_user, seq);
 CREATE INDEX IF NOT EXISTS jobs_class ON jobs(experiment_class, seq);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id) WHERE batch_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS daemon_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (
     prefix TEXT PRIMARY KEY, day TEXT NOT NULL, last INTEGER NOT NULL
 );
@@ -79,7 +84,7 @@ JOB_COLUMNS = (
     "experiment_config", "priority", "created_at", "started_at", "finished_at",
     "data_file_path", "log_path", "error_message", "batch_id", "time_limit_s",
     "config_versions", "pinned_versions", "inline_configs", "module_sha256",
-    "module_git_rev", "results",
+    "module_git_rev", "results", "held", "after_job", "not_before", "retry_of",
 )
 _JSON_COLUMNS = {"experiment_config", "config_versions", "pinned_versions", "results",
                  "inline_configs"}
@@ -219,7 +224,8 @@ class Store:
         """Pending jobs in submit order: the heap is rebuilt from these on start."""
         return await self.fetchall(
             "SELECT seq, job_id, user, os_user, os_uid, experiment_class, experiment_module,"
-            " priority, created_at, batch_id FROM jobs WHERE status = 'pending' ORDER BY seq")
+            " priority, created_at, batch_id, held, after_job, not_before FROM jobs"
+            " WHERE status = 'pending' ORDER BY seq")
 
     async def history(self, *, user: str | None, os_user: str | None, status: str | None,
                       experiment: str | None, since: str | None, batch_id: str | None,
@@ -241,6 +247,14 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         return await self.fetchall(sql, (*params, limit))
+
+    async def get_state(self, key: str) -> str | None:
+        row = await self.fetchone("SELECT value FROM daemon_state WHERE key = ?", (key,))
+        return row["value"] if row else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        await self.write(("INSERT INTO daemon_state(key, value) VALUES (?, ?) ON CONFLICT(key)"
+                          " DO UPDATE SET value = excluded.value", (key, value)))
 
     async def status_counts(self) -> dict[str, int]:
         rows = await self.fetchall("SELECT status, count(*) AS n FROM jobs GROUP BY status")

@@ -16,6 +16,7 @@ from jsonrpcclient import parse, request
 from .errors import ConnectionFailed, LabdError, from_response
 from .paths import default_socket
 from .results import JobResult
+from .views import JobList, QueueView
 
 FRAME_LIMIT = 64 * 1024 * 1024
 
@@ -134,10 +135,16 @@ class AsyncClient:
                      expt_config: dict[str, Any] | None = None, *, user: str | None = None,
                      priority: int | None = None, time_limit_s: float | None = None,
                      config_versions: dict[str, str] | None = None,
-                     inline_configs: dict[str, str] | None = None) -> str:
-        """Queue a job; returns its ID once the daemon has stored it durably."""
-        params = _job_params(experiment_class, experiment_module, expt_config, user, priority,
-                             time_limit_s, config_versions, inline_configs)
+                     inline_configs: dict[str, str] | None = None, after: str | None = None,
+                     not_before: str | None = None, hold: bool = False) -> str:
+        """Queue a job; returns its ID once the daemon has stored it durably.
+        ``after``: run only once that job completed; ``not_before``: ISO time with a
+        timezone; ``hold``: queue it held until released."""
+        params = _clean(experiment_class=experiment_class, experiment_module=experiment_module,
+                        experiment_config=expt_config or {}, user=user, priority=priority,
+                        time_limit_s=time_limit_s, config_versions=config_versions,
+                        inline_configs=inline_configs, after=after, not_before=not_before,
+                        hold=hold or None)
         return (await self.call("submit", **params))["job_id"]
 
     async def submit_batch(self, jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -161,7 +168,30 @@ class AsyncClient:
         return await self.call("cancel_batch", batch_id=batch_id)
 
     async def rerun(self, job_id: str) -> str:
+        """Submit again with the exact config versions and expt config the job ran with."""
         return (await self.call("rerun", job_id=job_id))["job_id"]
+
+    async def retry(self, job_id: str) -> str:
+        """Submit a failed or cancelled job again, as it was submitted."""
+        return (await self.call("retry", job_id=job_id))["job_id"]
+
+    async def cancel_user(self, os_user: str) -> dict[str, Any]:
+        return await self.call("cancel_user", os_user=os_user)
+
+    async def hold(self, job_id: str) -> dict[str, Any]:
+        return await self.call("hold", job_id=job_id)
+
+    async def release(self, job_id: str) -> dict[str, Any]:
+        return await self.call("release", job_id=job_id)
+
+    async def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
+        return await self.call("set_priority", job_id=job_id, priority=priority)
+
+    async def pause(self) -> dict[str, Any]:
+        return await self.call("pause")
+
+    async def resume(self) -> dict[str, Any]:
+        return await self.call("resume")
 
     async def queue(self, user: str | None = None, os_user: str | None = None,
                     limit: int = 100_000) -> dict[str, Any]:
@@ -169,13 +199,13 @@ class AsyncClient:
         q = await self.call("queue", **_clean(user=user, os_user=os_user, limit=limit))
         cols = q.pop("columns")
         q["pending"] = [dict(zip(cols, row)) for row in q["pending"]]
-        return q
+        return QueueView(q)
 
     async def history(self, user: str | None = None, status: str | None = None,
                       limit: int = 50, **filters: Any) -> list[JobResult]:
         out = await self.call("history", **_clean(user=user, status=status, limit=limit,
                                                   **filters))
-        return [JobResult.from_dict(j) for j in out["jobs"]]
+        return JobList(JobResult.from_dict(j) for j in out["jobs"])
 
     async def wait(self, job_id: str, timeout: float | None = None,
                    progress: bool = False) -> JobResult:
@@ -285,12 +315,3 @@ class AsyncClient:
 def _clean(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
-
-def _job_params(experiment_class: str, experiment_module: str,
-                expt_config: dict[str, Any] | None, user: str | None, priority: int | None,
-                time_limit_s: float | None, config_versions: dict[str, str] | None,
-                inline_configs: dict[str, str] | None) -> dict[str, Any]:
-    return _clean(experiment_class=experiment_class, experiment_module=experiment_module,
-                  experiment_config=expt_config or {}, user=user, priority=priority,
-                  time_limit_s=time_limit_s, config_versions=config_versions,
-                  inline_configs=inline_configs)

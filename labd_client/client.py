@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 
 from .async_client import AsyncClient
 from .results import JobResult
+from .views import format_queue
 
 
 def _sync(name: str) -> Callable[..., Any]:
@@ -54,6 +55,13 @@ class Client:
     cancel = _sync("cancel")
     cancel_batch = _sync("cancel_batch")
     rerun = _sync("rerun")
+    retry = _sync("retry")
+    cancel_user = _sync("cancel_user")
+    hold = _sync("hold")
+    release = _sync("release")
+    set_priority = _sync("set_priority")
+    pause = _sync("pause")
+    resume = _sync("resume")
     queue = _sync("queue")
     history = _sync("history")
     wait = _sync("wait")
@@ -110,23 +118,4 @@ class JobClient(Client):
 
     def print_queue(self, user: str | None = None) -> None:
         print(format_queue(self.queue(user=user)))
-
-
-def format_queue(q: dict[str, Any]) -> str:
-    """The queue as a fixed-width text table (also used by labctl)."""
-    lines = []
-    run = q.get("running")
-    if run:
-        lines.append(f"RUNNING  {run['job_id']}  {run['experiment_class']}  {run['user']}"
-                     f"  {round(100 * (run.get('progress') or 0))}%")
-    else:
-        lines.append("RUNNING  (none)")
-    paused = "  (queue paused)" if q.get("paused") else ""
-    lines.append(f"PENDING  {q.get('total_pending', len(q['pending']))}{paused}")
-    if q["pending"]:
-        lines.append(f"{'POS':>5}  {'JOB':<20}  {'PRIO':>5}  {'USER':<16}  EXPERIMENT")
-        for j in q["pending"]:
-            lines.append(f"{j['position']:>5}  {j['job_id']:<20}  {j['priority']:>5}  "
-                         f"{j['user'][:16]:<16}  {j['experiment_class']}")
-    return "\n".join(lines)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .client import Client, format_queue
+from .client import Client
 from .results import JobResult
+from .views import format_job_line, format_queue
 
 EXIT_CODES = {errors.InvalidParams: 2, errors.MethodNotFound: 2, errors.NotFound: 3,
               errors.PermissionDenied: 4, errors.Conflict: 5, errors.LimitExceeded: 5,
@@ -43,12 +44,6 @@ def load_expt_config(path: Path | None, pairs: list[str]) -> dict[str, Any]:
             raise ValueError(f"-p {pair!r}: expected key=value")
         cfg[key] = _parse_value(value)
     return cfg
-
-
-def _job_line(j: JobResult) -> str:
-    err = f"  {j.error_message}" if j.error_message else ""
-    return f"{j.job_id}  {j.status:<9}  {j.priority:>4}  {j.user[:16]:<16}  " \
-           f"{j.experiment_class}  {j.finished_at or j.created_at or ''}{err}"
 
 
 def _show(j: JobResult) -> str:
@@ -83,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-limit", type=float, metavar="SECONDS")
     s.add_argument("--pin", action="append", default=[], metavar="TYPE=VERSION_ID",
                    help="run with this config version instead of main")
+    s.add_argument("--after", metavar="JOB_ID", help="run only once that job completed")
+    s.add_argument("--not-before", metavar="TIME", help="ISO time with timezone, e.g. "
+                   "2026-11-24T22:00:00+00:00")
+    s.add_argument("--hold", action="store_true", help="queue it held (labctl release)")
     s.add_argument("--wait", action="store_true", help="wait for the job to end")
     q = sub.add_parser("queue", parents=[common], help="running and pending jobs")
     q.add_argument("--user")
@@ -96,6 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cancel", parents=[common], help="cancel a job (pending or running)")
     s.add_argument("job_id", nargs="?")
     s.add_argument("--batch", help="cancel every job of a batch")
+    s.add_argument("--user", dest="cancel_user", metavar="LOGIN",
+                   help="cancel every job of an account (yours; anyone's as admin)")
+    for name, helptext in (("hold", "keep a pending job from starting"),
+                           ("release", "let a held job run"),
+                           ("retry", "submit a failed or cancelled job again")):
+        s = sub.add_parser(name, parents=[common], help=helptext)
+        s.add_argument("job_id")
+    s = sub.add_parser("priority", parents=[common], help="change a pending job's priority "
+                       "(owners may lower, admins may raise)")
+    s.add_argument("job_id")
+    s.add_argument("priority", type=int)
+    sub.add_parser("pause", parents=[common], help="admins: start no new jobs")
+    sub.add_parser("resume", parents=[common], help="admins: start jobs again")
+    s = sub.add_parser("watch", parents=[common], help="live view of running job, queue, "
+                       "history")
+    s.add_argument("--user", help="display name to filter by")
+    s.add_argument("--mine", action="store_true", help="only jobs of your login")
+    s.add_argument("--once", action="store_true", help="print one frame and exit")
+    s = sub.add_parser("completion", help="print a shell completion script")
+    s.add_argument("shell", choices=["bash"])
     h = sub.add_parser("history", parents=[common], help="past and present jobs, newest first")
     h.add_argument("--user")
     h.add_argument("--os-user")
@@ -169,7 +188,8 @@ def run(args: argparse.Namespace, c: Client) -> int:
         pins = dict(p.split("=", 1) for p in args.pin)
         job_id = c.submit(cls, module, load_expt_config(args.config_file, args.param),
                           user=args.user, priority=args.priority,
-                          time_limit_s=args.time_limit, config_versions=pins or None)
+                          time_limit_s=args.time_limit, config_versions=pins or None,
+                          after=args.after, not_before=args.not_before, hold=args.hold)
         if args.wait:
             j = c.wait(job_id, progress=not args.json and sys.stderr.isatty())
             _out(args, j.raw, _show(j))
@@ -191,12 +211,33 @@ def run(args: argparse.Namespace, c: Client) -> int:
         _out(args, j.raw, _show(j))
         return 7 if not j.is_done() else _job_exit(j)
     if cmd == "cancel":
-        if bool(args.batch) == bool(args.job_id):
-            raise ValueError("give a job ID or --batch BATCH_ID")
-        r = c.cancel_batch(args.batch) if args.batch else c.cancel(args.job_id)
-        text = (f"{args.batch}: cancelled {len(r['cancelled'])}, refused {len(r['refused'])}"
-                if args.batch else f"{r['job_id']}: {r['status']}")
-        _out(args, r, text)
+        if sum(map(bool, (args.batch, args.job_id, args.cancel_user))) != 1:
+            raise ValueError("give one of: a job ID, --batch BATCH_ID, --user LOGIN")
+        if args.job_id:
+            r = c.cancel(args.job_id)
+            _out(args, r, f"{r['job_id']}: {r['status']}")
+            return 0
+        r = c.cancel_batch(args.batch) if args.batch else c.cancel_user(args.cancel_user)
+        _out(args, r, f"{args.batch or args.cancel_user}: cancelled {len(r['cancelled'])}, "
+             f"refused {len(r['refused'])}" + "".join(
+                 f"\n  {x['job_id']}: {x['error']}" for x in r["refused"]))
+        return 0 if not r["refused"] else 4
+    if cmd in ("hold", "release"):
+        r = getattr(c, cmd)(args.job_id)
+        _out(args, r, f"{r['job_id']}: " + ("held" if r["held"] else
+                                             f"released ({r['waiting_for'] or 'runnable'})"))
+        return 0
+    if cmd == "priority":
+        r = c.set_priority(args.job_id, args.priority)
+        _out(args, r, f"{r['job_id']}: priority {r['priority']}, position {r['position']}")
+        return 0
+    if cmd == "retry":
+        job_id = c.retry(args.job_id)
+        _out(args, {"job_id": job_id, "retry_of": args.job_id}, job_id)
+        return 0
+    if cmd in ("pause", "resume"):
+        r = getattr(c, cmd)()
+        _out(args, r, "queue paused: no new job starts" if r["paused"] else "queue resumed")
         return 0
     if cmd == "history":
         page = c.call("history", **{k: v for k, v in dict(
@@ -204,7 +245,7 @@ def run(args: argparse.Namespace, c: Client) -> int:
             experiment=args.experiment, batch_id=args.batch, since=args.since,
             limit=args.limit, cursor=args.cursor).items() if v is not None})
         jobs = [JobResult.from_dict(j) for j in page["jobs"]]
-        text = "\n".join(_job_line(j) for j in jobs) or "(no jobs)"
+        text = "\n".join(format_job_line(j) for j in jobs) or "(no jobs)"
         if page["next_cursor"] is not None:
             text += f"\n(more: --cursor {page['next_cursor']})"
         _out(args, page, text)
@@ -282,7 +323,27 @@ def run_config(args: argparse.Namespace, c: Client) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd == "completion":
+        from .completion import bash_script
+        print(bash_script(parser), end="")
+        return 0
+    if args.cmd == "watch":
+        import asyncio
+        from .watch import watch
+        try:
+            os_user = None
+            if args.mine:
+                with Client(args.socket) as c:
+                    os_user = c.health()["you"]
+            asyncio.run(watch(args.socket, args.user, os_user, args.once, args.json))
+            return 0
+        except errors.LabdError as exc:
+            print(f"labctl: {exc.message}", file=sys.stderr)
+            return EXIT_CODES.get(type(exc), 8)
+        except KeyboardInterrupt:
+            return 0
     try:
         with Client(args.socket) as c:
             return run(args, c)
