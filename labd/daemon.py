@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from typing import Any
@@ -58,7 +57,10 @@ class Daemon:
             log.warning("%s was running when labd stopped: marked failed (interrupted)", job_id)
         self.events.listeners.append(self._on_event)
 
-        sock = systemd_socket() or bind_socket(s.socket_path, s.socket_mode, s.socket_group)
+        sock = systemd_socket()
+        self.socket_activated = sock is not None  # then the socket is systemd's, not ours
+        if sock is None:
+            sock = bind_socket(s.socket_path, s.socket_mode, s.socket_group)
         self.server = RpcServer(METHODS, AdminPolicy(s.admin_group, s.admin_users),
                                 lambda conn: Call(self, conn), s.max_frame_bytes,
                                 s.max_connections, self.events.unsubscribe)
@@ -82,7 +84,7 @@ class Daemon:
         self.executor.shutdown()
         await self.store.close()
         self.router.uninstall()
-        if s.socket_path.is_socket() and not os.environ.get("LABD_SOCKET_ACTIVATED"):
+        if not self.socket_activated:
             s.socket_path.unlink(missing_ok=True)
         log.info("stopped")
 

@@ -44,15 +44,21 @@ class Daemon:
         self.log_path = self.root / "daemon.log"
         self.proc: subprocess.Popen | None = None
         self.env_extra: dict[str, str] = {}
+        self.command_prefix: list[str] = []   # e.g. systemd-socket-activate ...
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(TESTS), str(REPO), *self.env_extra.get("PYTHONPATH_PREPEND", "").split(
+                os.pathsep)]).rstrip(os.pathsep),
+            **{k: v for k, v in self.env_extra.items() if k != "PYTHONPATH_PREPEND"})
 
     def start(self, timeout: float = 30.0) -> "Daemon":
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(TESTS), str(REPO), *self.env_extra.pop("PYTHONPATH_PREPEND", "").split(
-                os.pathsep)]).rstrip(os.pathsep), **self.env_extra)
+        env = self.environment()
         env.pop("LISTEN_FDS", None)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labd", "--config", str(self.config_path)],
+            [*self.command_prefix, sys.executable, "-m", "labd", "--config",
+             str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.root)
         self.wait_ready(timeout)
         return self
