@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
 import uuid
@@ -158,7 +159,7 @@ def rpc(name: str, params: type[_P] = NoParams):
 async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[str, Any]:
     d = call.daemon
     s = d.settings
-    if len(str(p.experiment_config)) > s.max_config_bytes:
+    if len(json.dumps(p.experiment_config)) > s.max_config_bytes:
         raise InvalidRequest(f"experiment_config exceeds {s.max_config_bytes} bytes")
     loaded = d.loader.load(p.experiment_module, p.experiment_class)
     d.loader.validate_config(loaded, p.experiment_config)

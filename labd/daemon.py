@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import time
 from typing import Any
@@ -37,6 +38,9 @@ class Daemon:
 
     async def run(self) -> None:
         s = self.settings
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:  # one fd per client connection: allow as many as the system does
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         for d in (s.state_dir, s.output_root):
             d.mkdir(parents=True, exist_ok=True)
         self.store = Store(s.db_path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,19 +52,37 @@ def _attr(value: Any) -> Any:
     return value
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory: a file under its final name is
+    always complete, and a full or read-only disk is a plain OSError."""
+    tmp = path.with_name(path.name + ".part")
     try:
-        os.fsync(fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
     finally:
-        os.close(fd)
+        os.close(dir_fd)
 
 
-def _commit(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
+def _image(source: Path | None) -> h5py.File:
+    """An HDF5 file that lives in memory (HDF5 itself never writes to disk: it crashed the
+    process on a full disk); empty, or loaded from ``source``."""
+    if source is None:
+        return h5py.File(f"labd-{os.getpid()}-{id(object())}.h5", "w", driver="core",
+                         backing_store=False)
+    return h5py.File(source, "r+", driver="core", backing_store=False)
 
 
 def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
@@ -74,52 +91,45 @@ def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
     """Write the raw data and everything needed to reproduce it. ``analysis`` is "pending"
     until add_results() runs, or "none" for an experiment without analysis."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with h5py.File(tmp, "w") as f:
-            attrs = f.attrs  # h5py builds a new AttributeManager on every f.attrs
-            attrs["config"] = json.dumps(config, default=str)
-            for k, v in meta.items():
-                if v is not None and v != []:  # each HDF5 attribute costs ~75 us
-                    attrs[k] = _attr(v)
-            attrs["analysis"] = analysis
-            for key, arr in data.items():
-                f.create_dataset(key, data=arr)
-            grp = f.create_group("configs")
-            for name, info in configs.items():
-                grp.create_dataset(name, data=info["content"], dtype=h5py.string_dtype())
-            grp.attrs["versions"] = json.dumps(
-                {name: {"version_id": i["version_id"], "sha256": i["sha256"]}
-                 for name, i in configs.items()})
-        _commit(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _image(None) as f:
+        attrs = f.attrs  # h5py builds a new AttributeManager on every f.attrs
+        attrs["config"] = json.dumps(config, default=str)
+        for k, v in meta.items():
+            if v is not None and v != []:  # each HDF5 attribute costs ~75 us
+                attrs[k] = _attr(v)
+        attrs["analysis"] = analysis
+        for key, arr in data.items():
+            f.create_dataset(key, data=arr)
+        grp = f.create_group("configs")
+        for name, info in configs.items():
+            grp.create_dataset(name, data=info["content"], dtype=h5py.string_dtype())
+        grp.attrs["versions"] = json.dumps(
+            {name: {"version_id": i["version_id"], "sha256": i["sha256"]}
+             for name, i in configs.items()})
+        f.flush()
+        image = f.id.get_file_image()
+    _write_atomic(path, image)
 
 
 def add_results(path: Path, results: dict[str, Any], analysis_error: str | None) -> None:
-    """Add fit results to a saved file via a copy + rename, so a crash here leaves the raw
-    file intact."""
-    tmp = path.with_name(path.name + ".part")
-    try:
-        shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "a") as f:
-            keys = []
-            for key, value in results.items():
-                if key in f:
-                    analysis_error = (analysis_error or "") + \
-                        f" result {key!r} clashes with a data key;"
-                    continue
-                f.create_dataset(key, data=as_array(key, value))
-                keys.append(key)
-            f.attrs["result_keys"] = json.dumps(keys)
-            f.attrs["analysis"] = "failed" if analysis_error else "done"
-            if analysis_error:
-                f.attrs["analysis_error"] = analysis_error
-        _commit(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Add fit results: the saved file is loaded into memory, extended, and replaced
+    atomically, so a crash here leaves the raw file intact."""
+    with _image(path) as f:
+        keys = []
+        for key, value in results.items():
+            if key in f:
+                analysis_error = (analysis_error or "") + \
+                    f" result {key!r} clashes with a data key;"
+                continue
+            f.create_dataset(key, data=as_array(key, value))
+            keys.append(key)
+        f.attrs["result_keys"] = json.dumps(keys)
+        f.attrs["analysis"] = "failed" if analysis_error else "done"
+        if analysis_error:
+            f.attrs["analysis_error"] = analysis_error
+        f.flush()
+        image = f.id.get_file_image()
+    _write_atomic(path, image)
 
 
 def load(path: Path) -> dict[str, Any]:

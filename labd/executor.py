@@ -31,6 +31,10 @@ _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when avai
 job_log = logging.getLogger("labd.job")
 
 
+class DataSaveError(RuntimeError):
+    """The data file could not be written (disk full, read-only, permissions)."""
+
+
 class JobInterrupted(BaseException):
     """Raised asynchronously in the executor thread when a job ignores its stop flag."""
 
@@ -147,8 +151,12 @@ class Executor:
     # ---- in the executor thread --------------------------------------------------
     def _run(self, spec: JobSpec, ctx: JobContext,
              on_log: Callable[[str, str], None] | None) -> Outcome:
-        jl = JobLog(spec.log_path, self.max_log_bytes,
-                    (lambda text: on_log(spec.job_id, text)) if on_log else None)
+        try:
+            jl = JobLog(spec.log_path, self.max_log_bytes,
+                        (lambda text: on_log(spec.job_id, text)) if on_log else None)
+        except OSError as exc:  # nothing could be saved either: fail before any hardware
+            return Outcome(JobStatus.FAILED, f"cannot write to the data directory "
+                           f"{spec.log_path.parent}: {exc.strerror or exc}")
         self.router.current = jl
         try:
             out = self._run_logged(spec, ctx)
@@ -201,8 +209,12 @@ class Executor:
                                    if a.dtype.kind in "fc" and not np.isfinite(a).all()],
             }
             has_analysis = type(exp).analyze is not Experiment.analyze
-            data_file.write_raw(spec.data_path, data, merged, meta, contents,
-                                analysis="pending" if has_analysis else "none")
+            try:
+                data_file.write_raw(spec.data_path, data, merged, meta, contents,
+                                    analysis="pending" if has_analysis else "none")
+            except OSError as exc:
+                raise DataSaveError(f"could not save data to {spec.data_path}: "
+                                    f"{exc.strerror or exc}") from None
             saved = True
             out.data_file_path = str(spec.data_path)
             job_log.info("raw data saved to %s", spec.data_path)

@@ -37,7 +37,13 @@ class JobLog:
             note = f"\n[labd: log truncated at {self.max_bytes} bytes]\n".encode()
             data += note
             self.truncated = True
-        self._fh.write(data)
+        try:
+            self._fh.write(data)
+        except OSError as exc:  # disk full: the experiment's print() must not fail for it
+            self.truncated = True
+            logging.getLogger(__name__).error("job log %s: %s; not written further",
+                                              self.path, exc.strerror or exc)
+            return
         self.size += len(data)
         if self._on_text is not None:
             self._on_text(data.decode("utf-8", "replace"))

@@ -80,6 +80,10 @@ class Scheduler:
         day, last = counters.get("JOB", (None, 0))
         self.job_ids = DailyCounter("JOB", day, last)
         interrupted = await self.store.recover_running(utcnow())
+        for job_id in interrupted:  # a temp data file of an interrupted run is never data
+            day_dir = self.settings.output_root / job_id.split("-")[1]
+            for part in day_dir.glob(f"{job_id}.h5.part"):
+                part.unlink(missing_ok=True)
         self.paused = await self.store.get_state("paused") == "1"
         for r in reversed(await self.store.fetchall(
                 "SELECT experiment_class, started_at, finished_at FROM jobs "

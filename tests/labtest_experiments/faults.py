@@ -89,10 +89,9 @@ class MemoryHungry(Experiment):
     config_model = FaultConfig
 
     def acquire(self):
-        blocks = []
-        for _ in range(self.cfg.size_mb):
-            blocks.append(np.ones(1024 * 1024 // 8))
-        raise MemoryError("simulated: could not allocate the next buffer")
+        blocks = [np.ones(1024 * 1024 // 8) for _ in range(self.cfg.size_mb)]
+        blocks.append(np.ones((10**7, 10**7)))  # 800 TB: numpy raises MemoryError at once
+        return {"xpts": blocks[0]}
 
 
 class NotAnExperiment:

@@ -1,0 +1,102 @@
+"""Experiment faults, resource limits and storage faults: each ends in a clear state and
+the daemon, its database and the next job carry on."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import h5py
+import pytest
+
+from labd_client import Client, InvalidParams, LimitExceeded
+
+FAULTS = "labtest_experiments.faults"
+NOOP = ("NoOpExperiment", "experiments.diagnostics.noop")
+
+
+@pytest.mark.parametrize("cls,config,status,message", [
+    ("RaiseInAcquire", {}, "failed", "ValueError: the sample holder is on fire"),
+    ("NotArrays", {}, "failed", "data key 'xpts' is not numeric data"),
+    ("NotADict", {}, "failed", "acquire() must return a non-empty dict of arrays, got list"),
+    ("MemoryHungry", {"size_mb": 50}, "failed", "MemoryError"),
+    ("IgnoresStop", {"seconds": 60}, "failed", "ignored the stop request"),
+])
+def test_faulty_experiment_then_next_job_runs(client, cls, config, status, message):
+    job = client.wait(client.submit(cls, FAULTS, config, time_limit_s=0.5), timeout=30)
+    assert job.status == status and message in job.error_message, job.error_message
+    assert client.wait(client.submit(*NOOP), timeout=30).is_successful()
+    assert client.health()["status"] == "ok"
+
+
+def test_nan_and_inf_are_saved_and_flagged(client):
+    job = client.wait(client.submit("NonFinite", FAULTS), timeout=30)
+    assert job.is_successful()
+    with h5py.File(job.data_file_path) as f:
+        assert json.loads(f.attrs["nonfinite_keys"]) == ["avgi"]
+        avgi = f["avgi"][()]
+    assert avgi[0] == 1.0 and avgi[1] != avgi[1] and avgi[2] == float("inf")
+
+
+def test_huge_output_is_capped_per_job(make_daemon):
+    d = make_daemon(max_log_bytes=20_000)
+    with Client(d.socket) as c:
+        job = c.wait(c.submit("HugeOutput", FAULTS, {"lines": 5000}), timeout=60)
+        assert job.is_successful()
+        size = Path(job.log_path).stat().st_size
+        assert 20_000 <= size < 20_200
+        assert Path(job.log_path).read_text().endswith("[labd: log truncated at 20000 bytes]\n")
+        assert c.wait(c.submit(*NOOP), timeout=30).is_successful()
+
+
+def test_size_and_count_limits(make_daemon):
+    d = make_daemon(max_pending_per_user=3, max_config_bytes=2048)
+    with Client(d.socket) as c:
+        c.pause()
+        for _ in range(3):
+            c.submit(*NOOP)
+        with pytest.raises(LimitExceeded, match="has 3 pending jobs; the limit is 3"):
+            c.submit(*NOOP)
+        c.cancel_user("root")
+        with pytest.raises(InvalidParams, match="experiment_config exceeds 2048 bytes"):
+            c.submit(*NOOP, {"value": 1.0, "pad": "x" * 4000})
+        with pytest.raises(InvalidParams, match="content exceeds 2048 bytes"):
+            c.config_push("multiphoton_config", "a: " + "x" * 4000)
+        assert c.health()["status"] == "paused"
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_disk_full_fails_job_clearly_and_daemon_survives(make_daemon, tiny_fs):
+    d = make_daemon(output_root=str(tiny_fs))
+    (tiny_fs / "filler").write_bytes(b"\0" * (512 * 1024 - 8192))  # leave ~8 kB
+    with Client(d.socket) as c:
+        job = c.wait(c.submit("T1Experiment", "experiments.single_qubit.t1",
+                              {"expts": 2000, "reps": 10}), timeout=60)
+        assert job.status == "failed"
+        assert "No space left on device" in job.error_message, job.error_message
+        assert not list(tiny_fs.rglob("*.part"))
+        (tiny_fs / "filler").unlink()
+        assert c.wait(c.submit(*NOOP), timeout=30).is_successful()
+        assert c.history(limit=2)[1].job_id == job.job_id  # the database has both
+
+
+def test_read_only_output_root(make_daemon, tiny_fs):
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    d = make_daemon(output_root=str(tiny_fs))
+    with Client(d.socket) as c:
+        job = c.wait(c.submit(*NOOP), timeout=30)
+        assert job.status == "failed"
+        assert "cannot write to the data directory" in job.error_message
+        assert "Read-only file system" in job.error_message
+        assert c.health()["status"] == "ok"
