@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 from typing import Any, Awaitable, Callable
@@ -46,9 +47,21 @@ def validate_request(req: Any) -> Any:
     return req
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _deserialize(text: str) -> Any:
+    """Strict JSON: NaN/Infinity (which we could not echo back as valid JSON) are refused."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -139,8 +152,6 @@ class RpcServer:
                     conn.send(_error_frame(INVALID_REQUEST, f"frame exceeds {self.max_frame} "
                                            "bytes; connection closed").decode().rstrip("\n"))
                     break
-                if not line.strip():
-                    continue
                 await inflight.acquire()
                 task = asyncio.create_task(self._one(conn, ctx, line, inflight))
                 tasks.add(task)

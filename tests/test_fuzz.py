@@ -1,0 +1,215 @@
+"""Hostile input on the socket: malformed frames, slow and idle clients, and property-based
+params. Every frame gets a JSON-RPC error or a closed connection; the daemon keeps serving
+others; nothing it stored changes."""
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from labd_client import Client
+
+MAX_FRAME = 65536
+STANDARD_CODES = {-32700, -32600, -32601, -32602, -32001, -32002, -32003, -32004}
+
+
+def state(d) -> str:
+    """Everything the daemon stores that a client can see (compared before/after)."""
+    with Client(d.socket) as c:
+        jobs = [(j.job_id, j.status) for j in c.history(limit=10000)]
+        versions = {t["name"]: c.config_versions(t["name"])["versions"]
+                    for t in c.config_types()}
+        return json.dumps([jobs, versions, c.queue()["total_pending"]], sort_keys=True)
+
+
+class Conn:
+    def __init__(self, path) -> None:
+        self.path = path
+        self.open()
+
+    def open(self) -> None:
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(10)
+        self.s.connect(str(self.path))
+        self.buf = b""
+
+    def exchange(self, frame: bytes) -> dict | None:
+        """Send one frame; the reply, or None if the daemon closed the connection."""
+        try:
+            self.s.sendall(frame + b"\n")
+            while b"\n" not in self.buf:
+                chunk = self.s.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionResetError
+                self.buf += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            self.s.close()
+            self.open()
+            return None
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+
+def malformed_frames(rng: random.Random, n: int) -> list[bytes]:
+    valid = {"jsonrpc": "2.0", "method": "health", "id": 1}
+    bad_params = [  # well-formed requests whose params must all be refused
+        ("submit", {"experiment_class": "X", "experiment_module": "os"}),
+        ("submit", {"experiment_class": "system", "experiment_module": "subprocess"}),
+        ("submit", {"experiment_class": "A", "experiment_module": "experiments/../x"}),
+        ("submit", {"experiment_class": "NoOpExperiment",
+                    "experiment_module": "experiments.diagnostics.noop", "priority": 10**30}),
+        ("get", {"job_id": "../../etc/passwd"}), ("cancel", {"job_id": ["JOB"]}),
+        ("history", {"limit": 10**20}), ("config.push", {"type": "../x", "content": "a"}),
+        ("config.pull", {"type": 7}), ("logs", {"job_id": "JOB-1", "offset": -5}),
+        ("submit_batch", {"jobs": []}), ("set_priority", {"job_id": 1, "priority": "hi"}),
+    ]
+    makers = [
+        lambda: bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200))).replace(
+            b"\n", b" "),                                                     # binary
+        lambda: json.dumps(valid)[:rng.randint(1, 40)].encode(),              # truncated
+        lambda: b"{" * rng.randint(1, 50) + b"}",                             # garbage
+        lambda: b"[" * rng.randint(2000, 20000),                              # deep nesting
+        lambda: b'{"jsonrpc":"2.0","method":"health","id":' + b"9" * 5000 + b"}",  # huge int
+        lambda: b'{"jsonrpc":"2.0","method":"health","id":1e99999}',
+        lambda: json.dumps({"jsonrpc": "2.0", "method": rng.choice([5, None, [], {}]),
+                            "id": 1}).encode(),                               # wrong types
+        lambda: json.dumps({"jsonrpc": "1.0", "method": "health", "id": 1}).encode(),
+        lambda: json.dumps({"jsonrpc": "2.0", "method": "health", "params": "x",
+                            "id": 1}).encode(),
+        lambda: json.dumps({"jsonrpc": "2.0", "method": "health", "id": {"a": 1}}).encode(),
+        lambda: json.dumps([valid] * rng.randint(101, 300)).encode(),         # batch too big
+        lambda: b"[]",
+        lambda: json.dumps({"jsonrpc": "2.0", "method": "no.such", "id": 2}).encode(),
+        lambda: json.dumps({"jsonrpc": "2.0", "method": "submit", "params": [1, 2],
+                            "id": 3}).encode(),                               # positional
+        lambda: (lambda m, p: json.dumps({"jsonrpc": "2.0", "method": m, "params": p,
+                                          "id": 4}).encode())(*rng.choice(bad_params)),
+        lambda: b"\xff\xfe" + "ü".encode("utf-16") + b"}",                    # not UTF-8
+    ]
+    return [rng.choice(makers)() for _ in range(n)]
+
+
+def test_ten_thousand_malformed_frames(make_daemon):
+    d = make_daemon(max_frame_bytes=MAX_FRAME)
+    before = state(d)
+    rng = random.Random(1234)
+    conn = Conn(d.socket)
+    frames = malformed_frames(rng, 10_000)
+    frames += [b'{"jsonrpc":"2.0","method":"health","id":1,"params":{"p":"' +
+               b"x" * (2 * MAX_FRAME) + b'"}}'] * 20                        # oversize
+    closed = answered = 0
+    for frame in frames:
+        reply = conn.exchange(frame)
+        if reply is None:
+            closed += 1
+            continue
+        answered += 1
+        replies = reply if isinstance(reply, list) else [reply]
+        for r in replies:
+            assert "error" in r and r["error"]["code"] in STANDARD_CODES, (frame[:200], r)
+            assert "Traceback" not in r["error"]["message"]
+    assert answered + closed == len(frames) and answered > 9000
+    assert d.proc.poll() is None
+    assert d.rpc("health")["result"]["status"] == "ok"
+    assert state(d) == before
+
+
+def test_idle_slow_half_frame_and_non_reading_clients(make_daemon):
+    d = make_daemon(max_frame_bytes=MAX_FRAME)
+    idle = []
+    for _ in range(2000):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(d.socket))
+        idle.append(s)
+    half = socket.socket(socket.AF_UNIX)
+    half.connect(str(d.socket))
+    half.sendall(b'{"jsonrpc":"2.0","method":"hea')  # and never finishes it
+    slow = socket.socket(socket.AF_UNIX)
+    slow.connect(str(d.socket))
+    deaf = socket.socket(socket.AF_UNIX)  # subscribes to everything, never reads
+    deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deaf.connect(str(d.socket))
+    deaf.sendall(json.dumps({"jsonrpc": "2.0", "method": "subscribe", "id": 1,
+                             "params": {"topics": ["job", "log", "progress"]}}).encode() + b"\n")
+    try:
+        with Client(d.socket) as c:
+            t0 = time.monotonic()
+            assert c.health()["status"] == "ok"
+            request = json.dumps({"jsonrpc": "2.0", "method": "health", "id": 7}).encode()
+            for i in range(len(request)):  # one byte at a time, while others are served
+                slow.sendall(request[i:i + 1])
+                if i % 10 == 0:
+                    assert c.health()["status"] == "ok"
+                time.sleep(0.005)
+            slow.sendall(b"\n")
+            slow.settimeout(10)
+            assert json.loads(slow.makefile("rb").readline())["result"]["status"] == "ok"
+            chatty = c.submit("HugeOutput", "labtest_experiments.faults", {"lines": 20000})
+            assert c.wait(chatty, timeout=60).is_successful()
+            assert time.monotonic() - t0 < 60
+        deaf.settimeout(5)
+        got = 0
+        try:  # the daemon dropped the deaf client instead of buffering without bound
+            while chunk := deaf.recv(1 << 20):
+                got += len(chunk)
+        except (ConnectionResetError, socket.timeout):
+            pass
+        assert got < 16 * MAX_FRAME + (1 << 20)
+        assert "does not read its replies" in d.log()
+    finally:
+        for s in (*idle, half, slow, deaf):
+            s.close()
+    assert d.rpc("health")["result"]["status"] == "ok"
+
+
+KEYS = ["job_id", "experiment_class", "experiment_module", "experiment_config", "priority",
+        "user", "limit", "cursor", "status", "type", "content", "version_id", "offset",
+        "max_bytes", "topics", "job_ids", "jobs", "batch_id", "os_user", "a", "b", "after",
+        "not_before", "hold", "time_limit_s", "config_versions", "inline_configs", "since"]
+SPECIAL = st.sampled_from([
+    "JOB-20261124-00001", "CFG-HW-20261124-00001", "experiments.diagnostics.noop",
+    "NoOpExperiment", "hardware_config", "../../etc/passwd", "os", "", "\x00", "💥" * 50,
+    "2026-11-24T10:00:00", "2026-11-24T10:00:00+00:00", "BATCH-0123456789ab"])
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-2**70, 2**70) |
+    st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20) | SPECIAL,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+METHODS = ["submit", "submit_batch", "get", "cancel", "cancel_batch", "cancel_user",
+           "queue", "history", "logs", "subscribe", "unsubscribe", "health", "rerun", "retry",
+           "hold", "release", "set_priority", "config.push", "config.pull",
+           "config.versions", "config.show", "config.set_main", "config.history",
+           "config.diff", "config.verify", "config.types"]
+
+
+@pytest.fixture(scope="module")
+def paused_daemon():
+    from daemon_harness import Daemon
+    d = Daemon().start()
+    with Client(d.socket) as c:
+        c.pause()  # random submits may be valid: keep them from running
+    yield d
+    d.close()
+
+
+@settings(max_examples=600, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(method=st.sampled_from(METHODS),
+       params=st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6) | VALUES)
+def test_random_params_never_cause_internal_errors(paused_daemon, method, params):
+    req = {"jsonrpc": "2.0", "method": method, "id": 42}
+    if params is not None:
+        req["params"] = params
+    reply = paused_daemon.rpc(method, **params) if isinstance(params, dict) else \
+        Conn(paused_daemon.socket).exchange(json.dumps(req).encode())
+    assert reply is not None
+    if "error" in reply:
+        assert reply["error"]["code"] in STANDARD_CODES, (method, params, reply)
+    else:
+        assert "result" in reply
