@@ -90,3 +90,46 @@ def test_identity_ownership_and_priority_cap(make_daemon):
     with Client(d.socket) as c:
         assert c.cancel(mine)["status"] in ("cancelled", "cancelling")
         assert c.wait(mine, timeout=20).status == "cancelled"
+
+
+def test_other_accounts_cannot_touch_your_pending_job(make_daemon):
+    d = make_daemon(socket_mode=0o666)
+    with Client(d.socket) as c:
+        c.pause()
+    [sub] = as_uid(NOBODY, d.socket, [("submit", NOOP)])
+    job_id = sub["result"]["job_id"]
+    other = as_uid(OTHER, d.socket, [
+        ("hold", {"job_id": job_id}), ("release", {"job_id": job_id}),
+        ("set_priority", {"job_id": job_id, "priority": -5}),
+        ("cancel_user", {"os_user": "nobody"}), ("pause", {}), ("resume", {}),
+        ("retry", {"job_id": job_id})])
+    for r in other[:5]:
+        assert r["error"]["code"] == -32002, r
+    assert other[5]["error"]["code"] == -32002
+    assert other[6]["error"]["code"] == -32003  # not failed: refused before ownership
+    own = as_uid(NOBODY, d.socket, [("hold", {"job_id": job_id}),
+                                    ("set_priority", {"job_id": job_id, "priority": -5}),
+                                    ("cancel_user", {"os_user": "nobody"})])
+    assert own[0]["result"]["held"] and own[1]["result"]["priority"] == -5
+    assert own[2]["result"]["cancelled"] == [job_id]
+
+
+def test_no_client_value_becomes_a_path(make_daemon):
+    d = make_daemon()
+    with Client(d.socket) as c:
+        job = c.wait(c.submit(NOOP["experiment_class"], NOOP["experiment_module"],
+                              user="../../../etc/evil"), timeout=30)
+        assert job.is_successful() and job.user == "../../../etc/evil"
+        day = job.job_id.split("-")[1]
+        assert job.data_file_path == str(d.state_dir / "data" / day / f"{job.job_id}.h5")
+        assert job.log_path == str(d.state_dir / "data" / day / f"{job.job_id}.log")
+    for method, params in [
+            ("config.push", {"type": "../../etc/passwd", "content": "a: 1"}),
+            ("config.show", {"version_id": "../../labd.sqlite3"}),
+            ("logs", {"job_id": "../../../etc/passwd"}),
+            ("submit", {"experiment_class": "X",
+                        "experiment_module": "experiments.single_qubit.t1/../../../x"}),
+            ("submit", {"experiment_class": "X", "experiment_module": "subprocess"})]:
+        r = d.rpc(method, **params)
+        assert r["error"]["code"] == -32602, (method, r)
+    assert not (d.state_dir.parent / "etc").exists()
