@@ -44,6 +44,14 @@ def ts(s: str) -> float:
     return datetime.fromisoformat(s).timestamp()
 
 
+def gap_stats(jobs: list, out: dict, suffix: str) -> None:
+    """p50/p99 of the idle time between one job's end and the next one's start."""
+    jobs = sorted(jobs, key=lambda j: j.started_at)
+    gaps = [(ts(b.started_at) - ts(a.finished_at)) * 1e3 for a, b in zip(jobs, jobs[1:])]
+    out[f"gap_between_jobs_ms{suffix}_p50"] = round(pct(gaps, 50), 3)
+    out[f"gap_between_jobs_ms{suffix}_p99"] = round(pct(gaps, 99), 3)
+
+
 def new_daemon() -> Daemon:
     return Daemon(max_pending_per_user=1_000_000, max_batch=10_000,
                   job_time_limit_s=86400).start()
@@ -139,11 +147,8 @@ async def phase_100k(out: dict, total: int, drain_n: int) -> None:
             await c.wait(batches[0]["job_ids"][drain_n - 1])  # FIFO: the first drain_n run
             dt = time.perf_counter() - t
             out["drain_jobs_per_s_at_100k_depth"] = round(drain_n / dt)
-            jobs = sorted(await c.history(status="completed", limit=drain_n),
-                          key=lambda j: j.started_at)
-            gaps = [(ts(b.started_at) - ts(a.finished_at)) * 1e3 for a, b in zip(jobs, jobs[1:])]
-            out["gap_between_jobs_ms_at_100k_depth_p50"] = round(pct(gaps, 50), 3)
-            out["gap_between_jobs_ms_at_100k_depth_p99"] = round(pct(gaps, 99), 3)
+            gap_stats(await c.history(status="completed", limit=drain_n), out,
+                      "_at_100k_depth")
     finally:
         d.close()
         shutil.rmtree(d.root, ignore_errors=True)
@@ -169,12 +174,9 @@ async def phase_drain(out: dict, n: int, n_done: int) -> None:
             await c.wait(r["job_ids"][-1])
             dt = time.perf_counter() - t
             out["drain_jobs_per_s"] = round(n / dt)
-            jobs = sorted(await c.history(batch_id=r["batch_id"], limit=n),
-                          key=lambda j: j.started_at)
-            assert all(j.status == "completed" for j in jobs)
-            gaps = [(ts(b.started_at) - ts(a.finished_at)) * 1e3 for a, b in zip(jobs, jobs[1:])]
-            out["gap_between_jobs_ms_p50"] = round(pct(gaps, 50), 3)
-            out["gap_between_jobs_ms_p99"] = round(pct(gaps, 99), 3)
+            jobs = await c.history(batch_id=r["batch_id"], limit=n)
+            out["drain_failed_jobs"] = sum(1 for j in jobs if j.status != "completed")
+            gap_stats(jobs, out, "")
     finally:
         d.close()
         shutil.rmtree(d.root, ignore_errors=True)

@@ -17,8 +17,8 @@ from jsonrpcserver import Error, Success
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
-from .errors import INTERNAL_ERROR, INVALID_PARAMS, Conflict, InvalidRequest, LabdError, \
-    NotFound, PermissionDenied
+from .errors import INTERNAL_ERROR, Conflict, InvalidParams, LabdError, \
+    PermissionDenied
 from .experiment_loader import describe_validation
 from .job_log import read_log
 from .models import JOB_ID_RE, VERSION_RE, JobStatus, SubmitParams, utcnow
@@ -134,12 +134,12 @@ def rpc(name: str, params: type[_P] = NoParams):
     def deco(fn: Callable[[Call, Any], Awaitable[Any]]):
         async def method(call: Call, *args: Any, **kwargs: Any):
             if args:
-                return Error(INVALID_PARAMS, f"{name}: params must be an object with named "
+                return Error(InvalidParams.code, f"{name}: params must be an object with named "
                              "fields, not a list")
             try:
                 return Success(await fn(call, params.model_validate(kwargs)))
             except ValidationError as exc:
-                return Error(INVALID_PARAMS, f"{name}: {describe_validation(exc)}")
+                return Error(InvalidParams.code, f"{name}: {describe_validation(exc)}")
             except LabdError as exc:
                 return Error(exc.code, exc.message, exc.data)
             except asyncio.CancelledError:
@@ -160,24 +160,24 @@ async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[st
     d = call.daemon
     s = d.settings
     if len(json.dumps(p.experiment_config)) > s.max_config_bytes:
-        raise InvalidRequest(f"experiment_config exceeds {s.max_config_bytes} bytes")
+        raise InvalidParams(f"experiment_config exceeds {s.max_config_bytes} bytes")
     loaded = d.loader.load(p.experiment_module, p.experiment_class)
     d.loader.validate_config(loaded, p.experiment_config)
     priority = s.priority_default if p.priority is None else p.priority
     if not s.priority_min <= priority <= s.priority_max:
-        raise InvalidRequest(f"priority must be between {s.priority_min} and {s.priority_max}")
+        raise InvalidParams(f"priority must be between {s.priority_min} and {s.priority_max}")
     if priority > s.priority_cap and not call.peer.is_admin:
         raise PermissionDenied(f"priority {priority} is above the cap {s.priority_cap}; "
                                "only an admin may submit above it")
     if p.time_limit_s is not None and p.time_limit_s > s.job_time_limit_max_s:
-        raise InvalidRequest(f"time_limit_s may be at most {s.job_time_limit_max_s:g}")
+        raise InvalidParams(f"time_limit_s may be at most {s.job_time_limit_max_s:g}")
     await d.configs.check_pins(p.config_versions)
     if p.after is not None and await d.scheduler.status_of(p.after) is None:
-        raise InvalidRequest(f"after: no job {p.after}")
+        raise InvalidParams(f"after: no job {p.after}")
     pinned = dict(p.config_versions)
     for name, content in p.inline_configs.items():
         if name in pinned:
-            raise InvalidRequest(f"{name}: give either a pinned version or inline content")
+            raise InvalidParams(f"{name}: give either a pinned version or inline content")
         pinned[name], _ = await d.configs.snapshot(name, content, by=call.peer.username,
                                                    message="inline config of a submit")
     return {
@@ -202,7 +202,7 @@ async def submit(call: Call, p: SubmitParams) -> dict[str, Any]:
 async def submit_batch(call: Call, p: BatchParams) -> dict[str, Any]:
     """All or nothing: every job is validated before any is stored, in one commit."""
     if len(p.jobs) > call.daemon.settings.max_batch:
-        raise InvalidRequest(f"a batch may hold at most {call.daemon.settings.max_batch} jobs")
+        raise InvalidParams(f"a batch may hold at most {call.daemon.settings.max_batch} jobs")
     batch_id = f"BATCH-{uuid.uuid4().hex[:12]}"
     jobs = []
     for i, sp in enumerate(p.jobs):
@@ -384,7 +384,7 @@ async def subscribe(call: Call, p: SubscribeParams) -> dict[str, Any]:
     """Push JSON-RPC notifications (method "event") for these topics on this connection."""
     bad = set(p.topics) - {"job", "progress", "log", "queue"}
     if bad:
-        raise InvalidRequest(f"unknown topics {sorted(bad)}; use job, progress, log, queue")
+        raise InvalidParams(f"unknown topics {sorted(bad)}; use job, progress, log, queue")
     call.conn.topics = set(p.topics)
     call.conn.job_ids = set(p.job_ids) if p.job_ids is not None else None
     call.daemon.events.subscribe(call.conn)
@@ -412,7 +412,8 @@ async def health(call: Call, p: NoParams) -> dict[str, Any]:
             "waiting": len(sched.waiting), "paused": sched.paused,
             "running": sched.running.summary() if sched.running else None,
             "uptime_s": round(time.monotonic() - d.started_mono, 3),
-            "hardware": d.settings.hardware, "you": call.peer.username,
+            "hardware": d.settings.hardware, "db_commits": d.store.commits,
+            "you": call.peer.username,
             "admin": call.peer.is_admin, "time": utcnow()}
 
 

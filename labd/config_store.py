@@ -3,6 +3,7 @@ ID (``CFG-HW-YYYYMMDD-NNNNN``), deduplicated per type by SHA256; each type has o
 version, and every change of main is kept (who, when). Clients send content, never paths."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import difflib
 import hashlib
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Conflict, InvalidRequest, NotFound
+from .errors import Conflict, InvalidParams, NotFound
 from .ids import DailyCounter
 from .models import utcnow
 from .settings import ConfigType, Settings
@@ -27,8 +28,19 @@ class ChecksumMismatch(RuntimeError):
     pass
 
 
+def _write_snapshot(path: Path, data: bytes) -> None:
+    """Durable and read-only before anything refers to it."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, path)
+
+
 def parse_content(ctype: ConfigType, content: str) -> Any:
-    """Parse (and so validate) config content of a type; raises InvalidRequest."""
+    """Parse (and so validate) config content of a type; raises InvalidParams."""
     try:
         if ctype.format == "yaml":
             value = yaml.safe_load(content)
@@ -41,7 +53,7 @@ def parse_content(ctype: ConfigType, content: str) -> Any:
             raise ValueError("empty CSV")
         return rows
     except (yaml.YAMLError, csv.Error, ValueError) as exc:
-        raise InvalidRequest(f"{ctype.name}: content is not valid {ctype.format}: {exc}"
+        raise InvalidParams(f"{ctype.name}: content is not valid {ctype.format}: {exc}"
                              ) from None
 
 
@@ -74,7 +86,7 @@ class ConfigStore:
     def ctype(self, name: str) -> ConfigType:
         t = self.types.get(name)
         if t is None:
-            raise InvalidRequest(f"unknown config type {name!r} "
+            raise InvalidParams(f"unknown config type {name!r} "
                                  f"(known: {', '.join(self.types)})")
         return t
 
@@ -104,7 +116,7 @@ class ConfigStore:
         """(version ID, created?) for content, reusing an identical existing version."""
         t = self.ctype(type_name)
         if len(content.encode()) > self.settings.max_config_bytes:
-            raise InvalidRequest(f"{type_name}: content exceeds "
+            raise InvalidParams(f"{type_name}: content exceeds "
                                  f"{self.settings.max_config_bytes} bytes")
         parse_content(t, content)
         data = content.encode()
@@ -117,14 +129,7 @@ class ConfigStore:
         counter = self.counters[type_name]
         vid = counter.next()
         filename = f"{vid}{_EXT[t.format]}"
-        path = self.dir / filename
-        tmp = path.with_name(filename + ".part")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
+        await asyncio.to_thread(_write_snapshot, self.dir / filename, data)
         await self.store.write(
             ("INSERT INTO config_versions(version_id, type, sha256, size, filename, created_at,"
              " created_by, message) VALUES (?,?,?,?,?,?,?,?)",
@@ -145,7 +150,7 @@ class ConfigStore:
         self.ctype(type_name)
         row = await self._row(version_id)
         if row["type"] != type_name:
-            raise InvalidRequest(f"{version_id} is a {row['type']} version, not {type_name}")
+            raise InvalidParams(f"{version_id} is a {row['type']} version, not {type_name}")
         if self.main.get(type_name) != version_id:
             await self.store.write((
                 "INSERT INTO config_main_history(type, version_id, set_at, set_by) "
@@ -159,7 +164,7 @@ class ConfigStore:
                                     "created_by", "message")}
         info["is_main"] = self.main.get(row["type"]) == version_id
         if with_content:
-            info["content"] = self.read_verified(row)
+            info["content"] = await asyncio.to_thread(self.read_verified, row)
         return info
 
     async def pull(self, type_name: str) -> dict[str, Any]:
@@ -187,18 +192,23 @@ class ConfigStore:
 
     async def diff(self, a: str, b: str) -> str:
         ra, rb = await self._row(a), await self._row(b)
-        return "".join(difflib.unified_diff(
-            self.read_verified(ra).splitlines(keepends=True),
-            self.read_verified(rb).splitlines(keepends=True), fromfile=a, tofile=b))
+        ta, tb = await asyncio.to_thread(lambda: (self.read_verified(ra),
+                                                  self.read_verified(rb)))
+        return "".join(difflib.unified_diff(ta.splitlines(keepends=True),
+                                            tb.splitlines(keepends=True), fromfile=a, tofile=b))
 
     async def verify(self) -> dict[str, Any]:
         rows = await self.store.fetchall("SELECT * FROM config_versions ORDER BY version_id")
-        bad = []
-        for row in rows:
-            try:
-                self.read_verified(row)
-            except (OSError, ChecksumMismatch, UnicodeDecodeError) as exc:
-                bad.append({"version_id": row["version_id"], "error": str(exc)})
+
+        def check() -> list[dict[str, str]]:
+            bad = []
+            for row in rows:
+                try:
+                    self.read_verified(row)
+                except (OSError, ChecksumMismatch, UnicodeDecodeError) as exc:
+                    bad.append({"version_id": row["version_id"], "error": str(exc)})
+            return bad
+        bad = await asyncio.to_thread(check)
         return {"checked": len(rows), "ok": not bad, "bad": bad}
 
     async def resolve(self, pinned: dict[str, str]) -> dict[str, Any]:
@@ -215,4 +225,4 @@ class ConfigStore:
             self.ctype(name)
             row = await self._row(vid)
             if row["type"] != name:
-                raise InvalidRequest(f"{vid} is a {row['type']} version, not {name}")
+                raise InvalidParams(f"{vid} is a {row['type']} version, not {name}")

@@ -19,7 +19,7 @@ from .hardware import make_board
 from .hardware.setpoint import Setpoint
 from .identity import AdminPolicy
 from .job_log import LogRouter
-from .rpc_server import Connection, RpcServer, bind_socket, systemd_socket
+from .rpc_server import RpcServer, bind_socket, systemd_socket
 from .scheduler import Scheduler
 from .sd_notify import Notifier
 from .settings import Settings
@@ -91,9 +91,6 @@ class Daemon:
         if not self.socket_activated:
             s.socket_path.unlink(missing_ok=True)
         log.info("stopped")
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def status_line(self) -> str:
         sched = self.scheduler

@@ -1,27 +1,31 @@
-"""Application errors and their JSON-RPC codes. Each carries a message a person can act on;
-internal exception text never reaches a client."""
+"""Errors and their JSON-RPC codes, shared by the daemon (which raises them) and the client
+(which raises the same class from an error response). Each carries a message a person can
+act on; internal exception text never reaches a client."""
 from __future__ import annotations
 
-# JSON-RPC standard codes
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
 
 class LabdError(Exception):
-    code = INTERNAL_ERROR
+    code: int = INTERNAL_ERROR
 
-    def __init__(self, message: str, data: object = None) -> None:
+    def __init__(self, message: str, data: object = None, code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.data = data
+        if code is not None:
+            self.code = code
 
 
-class InvalidRequest(LabdError):
+class InvalidParams(LabdError):
     """Bad parameters a client can fix."""
-    code = INVALID_PARAMS
+    code = -32602
+
+
+class MethodNotFound(LabdError):
+    code = -32601
 
 
 class NotFound(LabdError):
@@ -33,7 +37,7 @@ class PermissionDenied(LabdError):
 
 
 class Conflict(LabdError):
-    """The request is valid but not in the object's current state (e.g. cancel a finished job)."""
+    """Valid, but not in the object's current state (e.g. cancel a finished job)."""
     code = -32003
 
 
@@ -46,10 +50,18 @@ class Unavailable(LabdError):
     code = -32005
 
 
-ERROR_NAMES = {
-    PARSE_ERROR: "ParseError", INVALID_REQUEST: "InvalidRequest",
-    METHOD_NOT_FOUND: "MethodNotFound", INVALID_PARAMS: "InvalidParams",
-    INTERNAL_ERROR: "InternalError", NotFound.code: "NotFound",
-    PermissionDenied.code: "PermissionDenied", Conflict.code: "Conflict",
-    LimitExceeded.code: "LimitExceeded", Unavailable.code: "Unavailable",
-}
+class ServerError(LabdError):
+    """Client side: a malformed request or an internal daemon error."""
+
+
+class ConnectionFailed(LabdError):
+    """Client side: the daemon's socket cannot be reached (not running, no permission)."""
+
+
+_BY_CODE = {c.code: c for c in (InvalidParams, MethodNotFound, NotFound, PermissionDenied,
+                                Conflict, LimitExceeded, Unavailable)}
+
+
+def from_response(code: int, message: str, data: object = None) -> LabdError:
+    """The exception for a JSON-RPC error response."""
+    return _BY_CODE.get(code, ServerError)(message, data, code)

@@ -177,7 +177,7 @@ class Executor:
             job_log.info("job %s: %s.%s by %s (%s)", spec.job_id, spec.experiment_module,
                          spec.experiment_class, spec.user, spec.os_user)
             loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
-            out.module_sha256, out.module_git_rev = loaded.sha256, loaded.git_rev
+            out.module_sha256, out.module_git_rev = loaded.sha256, loaded.git_rev()
             cfg = self.loader.validate_config(loaded, spec.experiment_config)
             contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
                                "content": self.read_config(row)}
@@ -202,7 +202,7 @@ class Executor:
                 "batch_id": spec.batch_id, "created_at": spec.created_at,
                 "started_at": spec.started_at, "saved_at": utcnow(),
                 "config_versions": {n: c["version_id"] for n, c in contents.items()},
-                "module_sha256": loaded.sha256, "module_git_rev": loaded.git_rev,
+                "module_sha256": loaded.sha256, "module_git_rev": out.module_git_rev,
                 "labd_version": __version__, "setpoint": setpoint,
                 "hardware": self.board.describe(),
                 "nonfinite_keys": [k for k, a in data.items()

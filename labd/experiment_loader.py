@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import InvalidRequest
+from .errors import InvalidParams
 
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -28,7 +28,11 @@ class LoadedClass:
     cls: type
     module: ModuleType
     sha256: str
-    git_rev: str | None
+    path: Path
+
+    def git_rev(self) -> str | None:
+        """Runs git: call it from the executor thread, never on the event loop."""
+        return git_revision(self.path)
 
 
 @dataclass
@@ -56,10 +60,10 @@ class ExperimentLoader:
 
     def _source_path(self, module: str) -> Path:
         if not _MODULE_RE.match(module) or len(module) > 256:
-            raise InvalidRequest(f"experiment_module {module!r} is not a dotted module name")
+            raise InvalidParams(f"experiment_module {module!r} is not a dotted module name")
         top = module.split(".")[0]
         if top not in self.allowed:
-            raise InvalidRequest(
+            raise InvalidParams(
                 f"experiment_module {module!r} is not in an allowed package "
                 f"(allowed: {', '.join(self.allowed)})")
         root = self._package_root(top)
@@ -71,7 +75,7 @@ class ExperimentLoader:
                 if root not in resolved.parents:
                     break  # a symlink pointing out of the package is not the package
                 return resolved
-        raise InvalidRequest(f"experiment_module {module!r} not found in package {top!r}")
+        raise InvalidParams(f"experiment_module {module!r} not found in package {top!r}")
 
     def _module(self, name: str, path: Path) -> tuple[ModuleType, str]:
         st = path.stat()
@@ -114,7 +118,7 @@ class ExperimentLoader:
         return module
 
     def load(self, module: str, class_name: str) -> LoadedClass:
-        """Resolve and validate ``module.class_name``; raises InvalidRequest for anything a
+        """Resolve and validate ``module.class_name``; raises InvalidParams for anything a
         client could fix (unknown module/class, not an experiment)."""
         from experiments.base import Experiment  # the contract every job class must meet
 
@@ -123,28 +127,28 @@ class ExperimentLoader:
             try:
                 mod, sha = self._module(module, path)
                 self._paths[module] = path
-            except InvalidRequest:
+            except InvalidParams:
                 raise
             except FileNotFoundError:
                 self._paths.pop(module, None)
-                raise InvalidRequest(f"experiment_module {module!r} not found") from None
+                raise InvalidParams(f"experiment_module {module!r} not found") from None
             except Exception as exc:
-                raise InvalidRequest(
+                raise InvalidParams(
                     f"experiment_module {module!r} failed to import: "
                     f"{type(exc).__name__}: {exc}") from None
         cls = getattr(mod, class_name, None)
         if not (isinstance(cls, type) and issubclass(cls, Experiment) and cls is not Experiment
                 and cls.__module__ == module):
-            raise InvalidRequest(
+            raise InvalidParams(
                 f"{class_name!r} is not an experiment class defined in {module!r}")
-        return LoadedClass(cls=cls, module=mod, sha256=sha, git_rev=git_revision(path))
+        return LoadedClass(cls=cls, module=mod, sha256=sha, path=path)
 
     def validate_config(self, loaded: LoadedClass, config: dict[str, Any]) -> Any:
         from pydantic import ValidationError
         try:
             return loaded.cls.config_model.model_validate(config)
         except ValidationError as exc:
-            raise InvalidRequest(f"experiment_config invalid for {loaded.cls.__name__}: "
+            raise InvalidParams(f"experiment_config invalid for {loaded.cls.__name__}: "
                                  + describe_validation(exc)) from None
 
     def preload(self) -> int:

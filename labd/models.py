@@ -31,8 +31,6 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-TERMINAL = tuple(s.value for s in JobStatus if s.terminal)
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=4096)

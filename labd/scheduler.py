@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .config_store import ConfigStore
-from .errors import (Conflict, InvalidRequest, LimitExceeded, NotFound, PermissionDenied,
+from .errors import (Conflict, InvalidParams, LimitExceeded, NotFound, PermissionDenied,
                      Unavailable)
 from .events import EventBus
 from .executor import Executor, JobContext, JobSpec, Outcome
@@ -454,7 +454,7 @@ class Scheduler:
         pj = self._own_pending(peer, job_id, "reprioritized")
         s = self.settings
         if not s.priority_min <= priority <= s.priority_max:
-            raise InvalidRequest(f"priority must be between {s.priority_min} and "
+            raise InvalidParams(f"priority must be between {s.priority_min} and "
                                  f"{s.priority_max}")
         if priority > pj.priority and not peer.is_admin:
             raise PermissionDenied(f"only an admin may raise a job's priority "

@@ -15,6 +15,8 @@ class Notifier:
         self.watchdog_s = int(usec) / 1e6 if usec and (pid is None or pid == str(os.getpid())) \
             else None
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if self.addr else None
+        if self._sock is not None:
+            self._sock.setblocking(False)  # a full notify queue must never stall the loop
 
     def send(self, **fields: object) -> None:
         if self._sock is None:
@@ -22,5 +24,5 @@ class Notifier:
         msg = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
         try:
             self._sock.sendto(msg.encode(), self.addr)
-        except OSError:
+        except OSError:  # includes BlockingIOError: drop it, the next one will tell
             pass

@@ -256,10 +256,6 @@ class Store:
         await self.write(("INSERT INTO daemon_state(key, value) VALUES (?, ?) ON CONFLICT(key)"
                           " DO UPDATE SET value = excluded.value", (key, value)))
 
-    async def status_counts(self) -> dict[str, int]:
-        rows = await self.fetchall("SELECT status, count(*) AS n FROM jobs GROUP BY status")
-        return {r["status"]: r["n"] for r in rows}
-
     async def recover_running(self, now: str) -> list[str]:
         """Jobs left ``running`` by a crash: the run was interrupted, never silently retried."""
         rows = await self.fetchall("SELECT job_id FROM jobs WHERE status = 'running'")

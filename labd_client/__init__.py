@@ -2,7 +2,7 @@
 ``JobClient`` (the predecessor's call names)."""
 from .async_client import AsyncClient
 from .client import Client, JobClient
-from .errors import (Conflict, ConnectionFailed, InvalidParams, LabdError, LimitExceeded,
+from labd.errors import (Conflict, ConnectionFailed, InvalidParams, LabdError, LimitExceeded,
                      MethodNotFound, NotFound, PermissionDenied, ServerError, Unavailable)
 from .results import JobResult
 

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 from jsonrpcclient import Error as RpcError
 from jsonrpcclient import parse, request
 
-from .errors import ConnectionFailed, LabdError, from_response
+from labd.errors import ConnectionFailed, LabdError, from_response
 from .paths import default_socket
 from .results import JobResult
 from .views import JobList, QueueView

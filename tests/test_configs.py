@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import time
 
 import h5py
 import pytest
@@ -21,7 +20,7 @@ def test_first_start_uses_shipped_examples_as_main(daemon, client):
     assert {n: t["code"] for n, t in types.items()} == {
         "hardware_config": "HW", "multiphoton_config": "MP",
         "floquet_storage_swap": "FL", "man1_storage_swap": "M1"}
-    for name, t in types.items():
+    for t in types.values():
         assert re.fullmatch(rf"CFG-{t['code']}-\d{{8}}-\d{{5}}", t["main"])
         ext = ".yml" if t["format"] == "yaml" else ".csv"
         snap = daemon.state_dir / "configs" / f"{t['main']}{ext}"

@@ -29,6 +29,12 @@ def test_socket_is_group_only(daemon):
     assert mode == 0o660
 
 
+def test_socket_group_from_settings(make_daemon):
+    import grp
+    d = make_daemon(socket_group="daemon")
+    assert d.socket.stat().st_gid == grp.getgrnam("daemon").gr_gid != 0
+
+
 def test_noop_job_round_trip_writes_data_file(client, daemon):
     job_id = client.submit(*NOOP, {"value": 2.5}, user="alice")
     assert re.fullmatch(r"JOB-\d{8}-\d{5}", job_id)
@@ -69,6 +75,23 @@ def test_ids_unique_and_gapless_under_concurrency(daemon):
     assert len(ids) == len(set(ids)) == 200
     numbers = sorted(int(i.rsplit("-", 1)[1]) for i in ids)
     assert numbers == list(range(numbers[0], numbers[0] + 200))
+
+
+async def test_concurrent_submits_share_commits(daemon):
+    """200 submits in flight at once are acknowledged after a few grouped commits."""
+    import asyncio
+    from labd_client import AsyncClient
+    async with AsyncClient(daemon.socket) as c:
+        await c.pause()  # no job runs, so every commit below is a submit's
+        try:
+            before = (await c.health())["db_commits"]
+            ids = await asyncio.gather(*(c.submit(*NOOP) for _ in range(200)))
+            commits = (await c.health())["db_commits"] - before
+            assert len(set(ids)) == 200 and commits <= 50, commits
+            assert {(await c.get(j)).status for j in ids} == {"pending"}
+        finally:
+            await c.cancel_user("root")
+            await c.resume()
 
 
 def test_priority_then_fifo_order(client):

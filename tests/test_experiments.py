@@ -139,3 +139,16 @@ def test_qick_validators_run_in_mock_mode(client):
                                     inline_configs={"hardware_config": long_pi}), timeout=60)
     assert job.status == "failed"
     assert "RuntimeError: Pulse length" in job.error_message and "2**16" in job.error_message
+
+
+def test_git_revision_of_experiment_recorded(client):
+    import subprocess
+    from daemon_harness import REPO
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    job = client.wait(client.submit("T1Experiment", SQ + "t1", {"reps": 10}), timeout=60)
+    assert job.raw["module_git_rev"].startswith(head.stdout.strip())
+    with h5py.File(job.data_file_path) as f:
+        assert f.attrs["module_git_rev"] == job.raw["module_git_rev"]

@@ -55,6 +55,12 @@ class PyroBench:
         line = self.board.stdout.readline()
         assert "simulated soc" in line, line
 
+    def board_calls(self) -> dict[str, int]:
+        import Pyro4
+        Pyro4.config.SERIALIZER = "pickle"
+        with Pyro4.Proxy(Pyro4.locateNS("127.0.0.1", self.port).lookup(self.name)) as soc:
+            return soc.get_calls()
+
     def stop_board(self) -> None:
         if self.board is not None:
             self.board.kill()
@@ -83,6 +89,8 @@ def test_job_runs_through_pyro_nameserver_and_board(make_daemon, pyro):
             assert f["avgi"].shape == (51,)
             hw = json.loads(f.attrs["hardware"])
             assert hw["kind"] == "pyro" and hw["name"] == pyro.name
+        calls = pyro.board_calls()  # qick's own acquire loop ran on the board side
+        assert calls["load_bin_program"] == 1 and calls["start_readout"] == 3
         # the board goes away: a clear failure, and the next job reconnects
         pyro.stop_board()
         job = c.wait(c.submit(*T1, {"reps": 10}), timeout=60)

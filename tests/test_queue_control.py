@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from labd_client import Client, Conflict, InvalidParams, PermissionDenied
+from labd_client import Client, Conflict, InvalidParams
 from test_permissions import NOBODY, as_uid
 
 NOOP = ("NoOpExperiment", "experiments.diagnostics.noop")

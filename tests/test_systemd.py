@@ -5,6 +5,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -93,31 +94,49 @@ def test_socket_activation(make_daemon):
 
 
 class NotifyListener:
+    """A fake $NOTIFY_SOCKET, drained by a thread (as systemd would) so no message is lost."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, dict[str, str]]] = []
+        self.messages: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
 
-    def collect(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+    def _drain(self) -> None:
+        while not self._stop.is_set():
             try:
                 data = self.sock.recv(65536).decode()
             except socket.timeout:
                 continue
             fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
+            with self._lock:
+                self.messages.append(fields)
+
+    def take(self) -> list[dict[str, str]]:
+        with self._lock:
+            out, self.messages = self.messages, []
+        return out
 
     def until(self, pred, timeout: float = 20.0) -> dict[str, str]:
+        seen: list[dict[str, str]] = []
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            for _, m in self.messages:
+            for m in self.take():
+                seen.append(m)
                 if pred(m):
                     return m
-            self.collect(0.1)
-        raise AssertionError(f"no such notify message; got {self.messages}")
+            time.sleep(0.02)
+        raise AssertionError(f"no such notify message; got {seen}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
 
 
 def test_sd_notify_ready_status_watchdog_and_stuck_executor(make_daemon):
@@ -138,9 +157,10 @@ def test_sd_notify_ready_status_watchdog_and_stuck_executor(make_daemon):
         assert failed.status == "failed" and "labd must be restarted" in failed.error_message
         assert c.health()["status"].startswith("degraded: executor stuck")
     listener.until(lambda m: "EXECUTOR STUCK" in m.get("STATUS", ""))
-    listener.messages.clear()
-    listener.collect(1.0)  # 10 watchdog periods' worth: no ping while stuck
-    assert not [m for _, m in listener.messages if m.get("WATCHDOG") == "1"]
+    listener.take()
+    time.sleep(1.0)  # 10 watchdog periods' worth: no ping while stuck
+    assert not [m for m in listener.take() if m.get("WATCHDOG") == "1"]
+    listener.close()
 
 
 def test_sd_notify_stopping(make_daemon):
@@ -151,3 +171,4 @@ def test_sd_notify_stopping(make_daemon):
     listener.until(lambda m: m.get("READY") == "1")
     assert d.terminate() == 0
     listener.until(lambda m: m.get("STOPPING") == "1", timeout=5)
+    listener.close()

@@ -58,19 +58,20 @@ class PyroBoard:
                 pass
         self._soc = self._soccfg = None
 
-    @property
-    def soccfg(self) -> Any:
+    def _connected(self) -> tuple[Any, Any]:
+        """(soc proxy, QickConfig), connecting first if there is no live connection."""
         with self._lock:
             if self._soc is None:
                 self._connect()
-            return self._soccfg
+            return self._soc, self._soccfg
+
+    @property
+    def soccfg(self) -> Any:
+        return self._connected()[1]
 
     def acquire(self, prog: Any, *, rounds: int, ctx: Any,
                 model: Callable[[dict[str, float]], np.ndarray]) -> np.ndarray:
-        soc = self._soc
-        if soc is None:
-            self.soccfg  # connects
-            soc = self._soc
+        soc, _ = self._connected()
         try:
             prog.acquire(soc, rounds=rounds, step_rounds=True, progress=False)
             done = 0

@@ -9,7 +9,6 @@ particular experiment; the mock board (simulated.py) is the one for physics."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
