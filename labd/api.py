@@ -312,7 +312,7 @@ async def wait(call: Call, p: WaitParams) -> dict[str, Any]:
 
 
 QUEUE_COLUMNS = ["position", "job_id", "priority", "user", "os_user", "experiment_class",
-                 "created_at", "batch_id", "eta_s"]
+                 "batch_id", "eta_s"]  # submit times are in get/history: rows stay small
 
 
 @rpc("queue", QueueParams)
@@ -325,15 +325,16 @@ async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
     rows = []
     unfiltered = p.user is None and p.os_user is None
     eta = None if sched.paused else sched.time_to_free()
+    estimates = sched.estimates()
     for pos, pj in enumerate(sched.queue.ordered(p.limit if unfiltered else None), 1):
         if (p.user is None or pj.user == p.user) and \
                 (p.os_user is None or pj.os_user == p.os_user):
             rows.append([pos, pj.job_id, pj.priority, pj.user, pj.os_user,
-                         pj.experiment_class, pj.created_at, pj.batch_id,
+                         pj.experiment_class, pj.batch_id,
                          None if eta is None else round(eta, 1)])
             if len(rows) >= p.limit:
                 break
-        est = sched.estimate(pj.experiment_class)
+        est = estimates.get(pj.experiment_class)
         eta = None if eta is None or est is None else eta + est
     waiting = [{**pj.summary(), "waiting_for": pj.waiting_for()}
                for pj in sched.waiting.values()

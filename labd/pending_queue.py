@@ -52,6 +52,7 @@ class PendingQueue:
         self._jobs: dict[str, PendingJob] = {}
         self._by_priority: dict[int, list[int]] = {}  # sorted submit orders: O(log n) rank
         self._next_order = 0
+        self._sorted: list[PendingJob] | None = None  # run order, until the next change
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -73,6 +74,7 @@ class PendingQueue:
         self._jobs[job.job_id] = job
         insort(self._by_priority.setdefault(job.priority, []), job.order)
         heapq.heappush(self._heap, (*job.key(), job.job_id))
+        self._sorted = None
 
     def peek(self) -> PendingJob | None:
         """The next job to run, discarding stale heap entries (removed or re-prioritized)."""
@@ -93,6 +95,7 @@ class PendingQueue:
         return job
 
     def _unrank(self, job: PendingJob) -> None:
+        self._sorted = None
         orders = self._by_priority[job.priority]
         del orders[bisect_left(orders, job.order)]
         if not orders:
@@ -112,6 +115,7 @@ class PendingQueue:
         job = self._jobs[job_id]
         self._unrank(job)
         job.priority = priority
+        self._sorted = None
         insort(self._by_priority.setdefault(priority, []), job.order)
         heapq.heappush(self._heap, (*job.key(), job.job_id))  # the old entry goes stale
 
@@ -126,10 +130,11 @@ class PendingQueue:
 
     def ordered(self, limit: int | None = None) -> list[PendingJob]:
         """Pending jobs in the order they will run (the first ``limit`` of them)."""
-        if limit is not None and limit < len(self._jobs) // 8:
+        if self._sorted is None and limit is not None and limit < len(self._jobs) // 8:
             return heapq.nsmallest(limit, self._jobs.values(), key=PendingJob.key)
-        jobs = sorted(self._jobs.values(), key=PendingJob.key)
-        return jobs if limit is None else jobs[:limit]
+        if self._sorted is None:
+            self._sorted = sorted(self._jobs.values(), key=PendingJob.key)
+        return self._sorted if limit is None else self._sorted[:limit]
 
 
 def _iso(epoch: float) -> str:

@@ -66,6 +66,9 @@ def _deserialize(text: str) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+_serialize = json.JSONEncoder(separators=(",", ":")).encode  # compact: big replies shrink
+
+
 class Connection:
     """One client connection; also an EventBus subscriber once it subscribes."""
 
@@ -180,7 +183,7 @@ class RpcServer:
                 return
             reply = await async_dispatch(text, methods=self.methods, context=ctx,
                                          deserializer=_deserialize,
-                                         validator=validate_request)
+                                         validator=validate_request, serializer=_serialize)
             if reply:
                 conn.send(reply)
         except asyncio.CancelledError:

@@ -4,6 +4,7 @@ records outcomes. All database writes go through the store's group commit."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import threading
@@ -72,6 +73,7 @@ class Scheduler:
         self._per_user: dict[int, int] = {}
         self._durations: dict[str, list[float]] = {}   # recent run times per experiment
         self._finishing: set[asyncio.Task] = set()
+        self._prefetched: tuple[str, Any] | None = None  # (job_id, row) of the likely next
         self._log_buf: list[tuple[str, str]] = []
         self._log_lock = threading.Lock()
 
@@ -93,6 +95,7 @@ class Scheduler:
                 datetime.fromisoformat(r["started_at"])).total_seconds())
         for r in await self.store.pending_rows():
             await self._admit(_pending_job(r))
+        _freeze_long_lived()
         self._task = asyncio.create_task(self._dispatch_loop(), name="dispatch")
         self._wake.set()
         return interrupted
@@ -213,6 +216,8 @@ class Scheduler:
         for j in jobs:
             await self._admit(_pending_job(j))
             self._publish_job(j["job_id"], "pending")
+        if len(jobs) >= 1000:
+            _freeze_long_lived()
         self._wake.set()
         return [j["job_id"] for j in jobs]
 
@@ -290,6 +295,7 @@ class Scheduler:
             self.running = None
             return
         fut = asyncio.wrap_future(self.executor.submit(spec, ctx, self._on_log))
+        await self._prefetch_next()
         outcome = await self._supervise(run, fut)
         self._flush_logs()
         if outcome.status is JobStatus.COMPLETED:
@@ -297,10 +303,23 @@ class Scheduler:
         self.running = None
         self._finish(pj.job_id, outcome)
 
+    async def _prefetch_next(self) -> None:
+        """Read the next job's row while this one runs: then the next claim needs no read,
+        and shares one commit with this job's outcome. The fields used (config, pins, time
+        limit) never change after submit; a cancelled or held job leaves the heap."""
+        nxt = self.queue.peek()
+        self._prefetched = None
+        if nxt is not None:
+            self._prefetched = (nxt.job_id, await self.store.get_job_row(nxt.job_id))
+
     async def _claim(self, run: Running) -> JobSpec | None:
         """Resolve the config versions and durably mark the job running (linked to them)."""
         pj = run.job
-        row = await self.store.get_job_row(pj.job_id)
+        if self._prefetched is not None and self._prefetched[0] == pj.job_id:
+            row = self._prefetched[1]
+        else:
+            row = await self.store.get_job_row(pj.job_id)
+        self._prefetched = None
         if row is None or row["status"] != "pending":
             return None
         cfg_rows = await self.configs.resolve(json.loads(row["pinned_versions"]))
@@ -490,17 +509,16 @@ class Scheduler:
         recent.append(seconds)
         del recent[:-20]
 
-    def estimate(self, experiment_class: str) -> float | None:
-        """Expected run time: the mean of the last 20 completed runs of that class."""
-        recent = self._durations.get(experiment_class)
-        return sum(recent) / len(recent) if recent else None
+    def estimates(self) -> dict[str, float]:
+        """Expected run time per experiment class: the mean of its last 20 completed runs."""
+        return {cls: sum(r) / len(r) for cls, r in self._durations.items()}
 
     def time_to_free(self) -> float | None:
         """Seconds until the running job is expected to end (0 if idle)."""
         run = self.running
         if run is None:
             return 0.0
-        est = self.estimate(run.job.experiment_class)
+        est = self.estimates().get(run.job.experiment_class)
         return None if est is None else max(0.0, est - (time.monotonic() - run.started_mono))
 
     # ---- views --------------------------------------------------------------------
@@ -522,3 +540,11 @@ def _pending_job(r: Any) -> PendingJob:
         priority=r["priority"], created_at=r["created_at"], batch_id=r["batch_id"],
         held=bool(r["held"]), after=r["after_job"],
         not_before=datetime.fromisoformat(nb).timestamp() if nb else None)
+
+
+def _freeze_long_lived() -> None:
+    """Move the (many, long-lived, acyclic) pending-job records out of the cyclic GC's
+    sight: with 100k of them, every full collection stalled the loop and the executor.
+    They are still freed by reference counting when they leave the queue."""
+    gc.collect()
+    gc.freeze()
