@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 CLAIM = ("UPDATE jobs SET status='running', started_at=?, config_versions=?, log_path=? "
          "WHERE job_id=? AND status='pending'")
 FINISH = ("UPDATE jobs SET status=?, finished_at=?, error_message=?, data_file_path=?, "
-          "module_sha256=?, module_git_rev=?, results=? WHERE job_id=? AND status='running'")
+          "module_sha256=?, module_git_rev=?, results=? WHERE job_id=? "
+          "AND status IN ('pending', 'running')")  # pending: it failed while being started
 CANCEL_PENDING = ("UPDATE jobs SET status='cancelled', finished_at=?, error_message=? "
                   "WHERE job_id=? AND status='pending'")
 
@@ -272,8 +273,10 @@ class Scheduler:
                 await self._run(pj)
             except Exception:  # never let one job take the dispatcher down
                 log.exception("dispatching %s failed", pj.job_id)
+                self.running = None
                 self._finish(pj.job_id, Outcome(JobStatus.FAILED,
-                                                "internal error while starting the job"))
+                                                "internal error while starting the job; "
+                                                "the daemon log has the details"))
 
     async def _run(self, pj: PendingJob) -> None:
         # Visible as running from the moment it leaves the heap, so a cancel that arrives
