@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import statistics
@@ -14,6 +15,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -52,14 +54,20 @@ def gap_stats(jobs: list, out: dict, suffix: str) -> None:
     out[f"gap_between_jobs_ms{suffix}_p99"] = round(pct(gaps, 99), 3)
 
 
-def new_daemon() -> Daemon:
-    return Daemon(max_pending_per_user=1_000_000, max_batch=10_000,
-                  job_time_limit_s=86400).start()
+@contextlib.contextmanager
+def fresh_daemon() -> Iterator[Daemon]:
+    """A new daemon (own state dir) per phase, so phases do not disturb each other."""
+    d = Daemon(max_pending_per_user=1_000_000, max_batch=10_000,
+               job_time_limit_s=86400).start()
+    try:
+        yield d
+    finally:
+        d.close()
+        shutil.rmtree(d.root, ignore_errors=True)
 
 
 async def phase_submit(out: dict, n_lat: int, n_tput: int) -> None:
-    d = new_daemon()
-    try:
+    with fresh_daemon() as d:
         async with AsyncClient(d.socket) as c:
             await c.submit(*SLEEP, {"seconds": 86400})  # keeps everything else pending
             for _ in range(200):
@@ -92,14 +100,10 @@ async def phase_submit(out: dict, n_lat: int, n_tput: int) -> None:
         for c in clients:
             await c.close()
 
-    finally:
-        d.close()
-        shutil.rmtree(d.root, ignore_errors=True)
 
 
 async def phase_queue(out: dict) -> None:
-    d = new_daemon()
-    try:
+    with fresh_daemon() as d:
         async with AsyncClient(d.socket) as c:
             await c.submit(*SLEEP, {"seconds": 86400})
             await c.submit_batch([{"experiment_class": NOOP[0],
@@ -115,14 +119,10 @@ async def phase_queue(out: dict) -> None:
             out["queue_pending"] = q["total_pending"]
             out["queue_10k_ms"] = round(statistics.median(raw), 2)
             out["queue_10k_as_dicts_ms"] = round(statistics.median(expanded), 2)
-    finally:
-        d.close()
-        shutil.rmtree(d.root, ignore_errors=True)
 
 
 async def phase_100k(out: dict, total: int, drain_n: int) -> None:
-    d = new_daemon()
-    try:
+    with fresh_daemon() as d:
         async with AsyncClient(d.socket, timeout=600) as c:
             blocker = await c.submit(*SLEEP, {"seconds": 86400})
             spec = {"experiment_class": NOOP[0], "experiment_module": NOOP[1]}
@@ -149,14 +149,10 @@ async def phase_100k(out: dict, total: int, drain_n: int) -> None:
             out["drain_jobs_per_s_at_100k_depth"] = round(drain_n / dt)
             gap_stats(await c.history(status="completed", limit=drain_n), out,
                       "_at_100k_depth")
-    finally:
-        d.close()
-        shutil.rmtree(d.root, ignore_errors=True)
 
 
 async def phase_drain(out: dict, n: int, n_done: int) -> None:
-    d = new_daemon()
-    try:
+    with fresh_daemon() as d:
         async with AsyncClient(d.socket, timeout=600) as c:
             lat = []
             for _ in range(n_done):  # idle daemon: submit -> client sees completion
@@ -177,9 +173,6 @@ async def phase_drain(out: dict, n: int, n_done: int) -> None:
             jobs = await c.history(batch_id=r["batch_id"], limit=n)
             out["drain_failed_jobs"] = sum(1 for j in jobs if j.status != "completed")
             gap_stats(jobs, out, "")
-    finally:
-        d.close()
-        shutil.rmtree(d.root, ignore_errors=True)
 
 
 async def main() -> None:

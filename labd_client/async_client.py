@@ -256,10 +256,9 @@ class AsyncClient:
                         return
                     if not page["text"]:
                         break
-                ev = await self.events.get()
+                await self.events.get()  # new text was written (or the job ended)
                 while not self.events.empty():  # coalesce a burst of wake-ups
                     self.events.get_nowait()
-                del ev
         finally:
             await self.unsubscribe()
 
