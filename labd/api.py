@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from jsonrpcserver import Error, Success
@@ -68,7 +68,7 @@ class HistoryParams(_P):
     status: JobStatus | None = None
     experiment: str | None = Field(None, max_length=128)
     batch_id: str | None = Field(None, max_length=64)
-    since: str | None = Field(None, max_length=40)
+    since: datetime | None = None  # naive means UTC
     limit: int = Field(50, ge=1, le=10_000)
     cursor: int | None = Field(None, ge=0)
 
@@ -350,7 +350,9 @@ async def history(call: Call, p: HistoryParams) -> dict[str, Any]:
     from .store import row_to_job
     rows = await call.daemon.store.history(
         user=p.user, os_user=p.os_user, status=p.status.value if p.status else None,
-        experiment=p.experiment, since=p.since, batch_id=p.batch_id, before_seq=p.cursor,
+        experiment=p.experiment, batch_id=p.batch_id, before_seq=p.cursor,
+        since=None if p.since is None else (p.since if p.since.tzinfo else p.since.replace(
+            tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat(timespec="microseconds"),
         limit=p.limit)
     jobs = [row_to_job(r).model_dump(mode="json") for r in rows]
     cursor = rows[-1]["seq"] if len(rows) == p.limit else None

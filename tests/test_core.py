@@ -322,3 +322,20 @@ def test_cancel_right_after_submit_always_lands(client):
         job_id = client.submit(*SLEEP, {"seconds": 30, "steps": 300})
         assert client.cancel(job_id)["status"] in ("cancelled", "cancelling")
         assert client.wait(job_id, timeout=20).status == "cancelled"
+
+
+def test_history_since_filter(client):
+    job = client.wait(client.submit(*NOOP, user="since-test"), timeout=30)
+    assert [j.job_id for j in client.history(user="since-test", since=job.created_at)] == \
+        [job.job_id]
+    assert client.history(user="since-test", since="2999-01-01T00:00:00+00:00") == []
+    from datetime import datetime, timedelta, timezone
+    created = datetime.fromisoformat(job.created_at)
+    # an hour before the job, written in UTC+5: as text it sorts after the job's UTC time
+    earlier_elsewhere = (created - timedelta(hours=1)).astimezone(timezone(timedelta(hours=5)))
+    assert earlier_elsewhere.isoformat() > job.created_at
+    assert [j.job_id for j in client.history(user="since-test",
+                                             since=earlier_elsewhere.isoformat())] == [job.job_id]
+    assert len(client.history(user="since-test", since="2000-01-01")) == 1
+    with pytest.raises(InvalidParams, match="since"):
+        client.history(since="yesterday")
