@@ -214,10 +214,9 @@ class AsyncClient:
         limit = 7 * 86400 if timeout is None else timeout
         if progress:
             await self.subscribe(["progress"], [job_id])
-        waiter = asyncio.ensure_future(
-            self.call("wait", _timeout=limit + 30, job_id=job_id, timeout=limit))
+        waiter = asyncio.ensure_future(self._wait_surviving_restarts(job_id, limit))
         if not progress:
-            return JobResult.from_dict(await waiter)
+            return await waiter
         from tqdm.auto import tqdm
         try:
             with tqdm(total=100, desc=job_id, unit="%") as bar:
@@ -228,7 +227,7 @@ class AsyncClient:
                         ev.cancel()
                     elif ev.result().get("type") == "progress":
                         bar.update(round(100 * ev.result()["progress"]) - bar.n)
-                result = JobResult.from_dict(waiter.result())
+                result = waiter.result()
                 if result.is_successful():
                     bar.update(100 - bar.n)
                 bar.set_postfix_str(result.status)
@@ -236,6 +235,23 @@ class AsyncClient:
             waiter.cancel()
             await self.unsubscribe()
         return result
+
+    async def _wait_surviving_restarts(self, job_id: str, limit: float) -> JobResult:
+        """The job is durable, so a daemon restart (systemd, crash) is not the caller's
+        problem: reconnect with backoff and keep waiting until the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        backoff = 0.05
+        while True:
+            left = max(0.0, deadline - loop.time())
+            try:
+                return JobResult.from_dict(
+                    await self.call("wait", _timeout=left + 30, job_id=job_id, timeout=left))
+            except ConnectionFailed:
+                if loop.time() + backoff >= deadline:
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
 
     async def logs(self, job_id: str, offset: int = 0,
                    max_bytes: int = 65536) -> dict[str, Any]:
