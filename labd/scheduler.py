@@ -517,12 +517,16 @@ class Scheduler:
         return {cls: sum(r) / len(r) for cls, r in self._durations.items()}
 
     def time_to_free(self) -> float | None:
-        """Seconds until the running job is expected to end (0 if idle)."""
+        """Seconds until the running job is expected to end (0 if idle, None if unknown):
+        from its own progress when it reports any, else from past runs of its class."""
         run = self.running
         if run is None:
             return 0.0
+        elapsed = time.monotonic() - run.started_mono
+        if run.progress > 0:
+            return elapsed * (1 - run.progress) / run.progress
         est = self.estimates().get(run.job.experiment_class)
-        return None if est is None else max(0.0, est - (time.monotonic() - run.started_mono))
+        return est - elapsed if est is not None and est > elapsed else None
 
     # ---- views --------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:

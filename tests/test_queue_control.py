@@ -209,3 +209,15 @@ def test_notebook_views(client):
     h = client.history(limit=3)
     assert len(h) == 3 and h._repr_html_().count("<tr>") == 4
     assert h[0].job_id in str(h)
+
+
+def test_eta_follows_the_running_jobs_progress(client):
+    long = client.submit(*SLEEP, {"seconds": 3, "steps": 30})
+    nxt = client.submit(*NOOP)
+    deadline = time.monotonic() + 20
+    while (client.get(long).progress or 0) < 0.3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    eta = next(j for j in client.queue()["pending"] if j["job_id"] == nxt)["eta_s"]
+    assert 0.8 < eta < 2.8  # ~3 s x (1 - progress) left
+    client.cancel(long)
+    assert client.wait(nxt, timeout=20).is_successful()
