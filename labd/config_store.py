@@ -146,11 +146,16 @@ class ConfigStore:
         await self.set_main(type_name, vid, by)
         return {"type": type_name, "version_id": vid, "created": created}
 
-    async def set_main(self, type_name: str, version_id: str, by: str) -> dict[str, Any]:
+    async def _typed_row(self, type_name: str, version_id: str) -> Any:
+        """The version's row, refusing a version of another type."""
         self.ctype(type_name)
         row = await self._row(version_id)
         if row["type"] != type_name:
             raise InvalidParams(f"{version_id} is a {row['type']} version, not {type_name}")
+        return row
+
+    async def set_main(self, type_name: str, version_id: str, by: str) -> dict[str, Any]:
+        await self._typed_row(type_name, version_id)
         if self.main.get(type_name) != version_id:
             await self.store.write((
                 "INSERT INTO config_main_history(type, version_id, set_at, set_by) "
@@ -222,7 +227,4 @@ class ConfigStore:
 
     async def check_pins(self, pins: dict[str, str]) -> None:
         for name, vid in pins.items():
-            self.ctype(name)
-            row = await self._row(vid)
-            if row["type"] != name:
-                raise InvalidParams(f"{vid} is a {row['type']} version, not {name}")
+            await self._typed_row(name, vid)

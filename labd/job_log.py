@@ -109,9 +109,6 @@ class _JobLogHandler(logging.Handler):
         super().__init__(level=logging.DEBUG)
         self.router = router
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.router.target() is not None
-
     def emit(self, record: logging.LogRecord) -> None:
         log = self.router.target()
         if log is not None:

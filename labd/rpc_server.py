@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from jsonrpcserver import async_dispatch
 
-from .errors import INVALID_REQUEST, PARSE_ERROR
+from .errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, LimitExceeded
 from .identity import AdminPolicy, Peer
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 MAX_INFLIGHT_PER_CONNECTION = 64
 
 
-def _error_frame(code: int, message: str) -> bytes:
+def _error_frame(code: int, message: str) -> str:
+    """A JSON-RPC error not tied to a request (id null): the frame itself was bad."""
     return json.dumps({"jsonrpc": "2.0", "error": {"code": code, "message": message},
-                       "id": None}).encode() + b"\n"
+                       "id": None})
 
 
 MAX_BATCH = 100
@@ -132,7 +133,8 @@ class RpcServer:
             writer.close()
             return
         if len(self.connections) >= self.max_connections:
-            writer.write(_error_frame(-32004, "too many connections to labd; try again"))
+            writer.write(_error_frame(LimitExceeded.code, "too many connections to labd; "
+                                      "try again").encode() + b"\n")
             writer.close()
             return
         conn = Connection(peer, writer, max_queue=16 * self.max_frame)
@@ -146,14 +148,9 @@ class RpcServer:
                     line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError:
                     break  # client closed (a half frame at EOF is dropped)
-                except asyncio.LimitOverrunError:
-                    conn.send(_error_frame(INVALID_REQUEST,
-                              f"frame exceeds {self.max_frame} bytes; "
-                              "connection closed").decode().rstrip("\n"))
-                    break
-                if len(line) > self.max_frame + 1:
+                except asyncio.LimitOverrunError:  # also when the newline comes too late
                     conn.send(_error_frame(INVALID_REQUEST, f"frame exceeds {self.max_frame} "
-                                           "bytes; connection closed").decode().rstrip("\n"))
+                                           "bytes; connection closed"))
                     break
                 await inflight.acquire()
                 task = asyncio.create_task(self._one(conn, ctx, line, inflight))
@@ -178,8 +175,7 @@ class RpcServer:
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError:
-                conn.send(_error_frame(PARSE_ERROR, "frame is not UTF-8 text").decode()
-                          .rstrip("\n"))
+                conn.send(_error_frame(PARSE_ERROR, "frame is not UTF-8 text"))
                 return
             reply = await async_dispatch(text, methods=self.methods, context=ctx,
                                          deserializer=_deserialize,
@@ -190,7 +186,7 @@ class RpcServer:
             raise
         except Exception:
             log.exception("request failed outside any method")
-            conn.send(_error_frame(-32603, "internal error").decode().rstrip("\n"))
+            conn.send(_error_frame(INTERNAL_ERROR, "internal error"))
         finally:
             inflight.release()
 
