@@ -3,7 +3,10 @@ the daemon, its database and the next job carry on."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import h5py
@@ -100,3 +103,38 @@ def test_read_only_output_root(make_daemon, tiny_fs):
         assert "cannot write to the data directory" in job.error_message
         assert "Read-only file system" in job.error_message
         assert c.health()["status"] == "ok"
+
+
+def fill(fs: Path) -> Path:
+    """Write to ``fs`` until it is full; returns the filler file."""
+    filler = fs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_database_full_when_a_job_starts_keeps_it_pending(make_daemon, tiny_fs, tmp_path):
+    """The commit that marks a job running fails (state disk full): the job must not run;
+    it stays pending and runs once there is space again."""
+    d = make_daemon(state_dir=str(tiny_fs / "state"), output_root=str(tmp_path / "data"))
+    with Client(d.socket) as c:
+        start = datetime.now(timezone.utc) + timedelta(seconds=1)
+        job_id = c.submit(*NOOP, not_before=start.isoformat())
+        filler = fill(tiny_fs)
+        deadline = time.monotonic() + 30
+        while f"could not start {job_id}" not in d.log():
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.1)
+        assert c.get(job_id).status == "pending"
+        assert c.health()["status"] == "ok"
+        filler.unlink()
+        job = c.wait(job_id, timeout=30)
+        assert job.is_successful(), job.error_message
+        log = (tmp_path / "data" / job_id.split("-")[1] / f"{job_id}.log").read_text()
+        assert log.count(f"job {job_id}:") == 1  # it ran once, after the failed starts
