@@ -190,13 +190,16 @@ async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[st
     }
 
 
-async def _resubmit(call: Call, src: Any, *, pins: dict[str, str], priority: int,
+async def _resubmit(call: Call, src: Any, *, pins: dict[str, str],
                     batch_id: str | None) -> dict[str, Any]:
     """A new job like ``src`` (same experiment, expt config, user, time limit), validated
-    again as a submit: the experiment may have changed since."""
+    again as a submit: the experiment may have changed since. It keeps src's priority if
+    the caller could submit at it (an admin, or within the cap), else gets the cap."""
+    cap = call.daemon.settings.priority_cap
     return await _prepare(call, SubmitParams(
         experiment_class=src.experiment_class, experiment_module=src.experiment_module,
-        experiment_config=src.experiment_config, user=src.user, priority=priority,
+        experiment_config=src.experiment_config, user=src.user,
+        priority=src.priority if src.priority <= cap or call.peer.is_admin else cap,
         time_limit_s=src.time_limit_s, config_versions=pins), batch_id)
 
 
@@ -289,10 +292,7 @@ async def retry(call: Call, p: JobRef) -> dict[str, Any]:
         raise Conflict(f"{p.job_id} is {src.status.value}; only a failed or cancelled job "
                        "can be retried")
     call.daemon.scheduler.check_owner(call.peer, src.os_uid, p.job_id, "retry")
-    cap = call.daemon.settings.priority_cap
-    job = await _resubmit(call, src, pins=src.pinned_versions, batch_id=src.batch_id,
-                          priority=src.priority if src.priority <= cap or call.peer.is_admin
-                          else cap)
+    job = await _resubmit(call, src, pins=src.pinned_versions, batch_id=src.batch_id)
     job["retry_of"] = p.job_id
     [job_id] = await call.daemon.scheduler.enqueue(call.peer, [job])
     return {"job_id": job_id, "status": "pending", "retry_of": p.job_id}
@@ -432,8 +432,7 @@ async def rerun(call: Call, p: JobRef) -> dict[str, Any]:
     """Submit again with the same expt config and the exact config versions it ran with."""
     src = await call.daemon.scheduler.get(p.job_id)
     pins = src.config_versions or src.pinned_versions
-    job = await _resubmit(call, src, pins=pins, batch_id=None,
-                          priority=min(src.priority, call.daemon.settings.priority_cap))
+    job = await _resubmit(call, src, pins=pins, batch_id=None)
     [job_id] = await call.daemon.scheduler.enqueue(call.peer, [job])
     return {"job_id": job_id, "status": "pending", "rerun_of": p.job_id,
             "config_versions": pins}

@@ -92,6 +92,21 @@ def test_identity_ownership_and_priority_cap(make_daemon):
         assert c.wait(mine, timeout=20).status == "cancelled"
 
 
+def test_rerun_and_retry_keep_a_priority_only_for_whoever_may_set_it(make_daemon):
+    d = make_daemon(socket_mode=0o666, priority_cap=10)
+    with Client(d.socket) as c:  # root: an admin
+        done = c.wait(c.submit(NOOP["experiment_class"], NOOP["experiment_module"],
+                               priority=20), timeout=30)
+        assert c.get(c.rerun(done.job_id)).priority == 20
+        held = c.submit(NOOP["experiment_class"], NOOP["experiment_module"], priority=20,
+                        hold=True)
+        c.cancel(held)
+        assert c.get(c.retry(held)).priority == 20
+    [rerun] = as_uid(NOBODY, d.socket, [("rerun", {"job_id": done.job_id})])
+    with Client(d.socket) as c:
+        assert c.get(rerun["result"]["job_id"]).priority == 10  # capped for a non-admin
+
+
 def test_other_accounts_cannot_touch_your_pending_job(make_daemon):
     d = make_daemon(socket_mode=0o666)
     with Client(d.socket) as c:
