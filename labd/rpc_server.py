@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 from jsonrpcserver import async_dispatch
 
 from .errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, LimitExceeded
+from .frames import frame
 from .identity import AdminPolicy, Peer
 
 log = logging.getLogger(__name__)
@@ -21,10 +22,9 @@ log = logging.getLogger(__name__)
 MAX_INFLIGHT_PER_CONNECTION = 64
 
 
-def _error_frame(code: int, message: str) -> str:
+def _error_frame(code: int, message: str) -> bytes:
     """A JSON-RPC error not tied to a request (id null): the frame itself was bad."""
-    return json.dumps({"jsonrpc": "2.0", "error": {"code": code, "message": message},
-                       "id": None})
+    return frame({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": None})
 
 
 MAX_BATCH = 100
@@ -67,9 +67,6 @@ def _deserialize(text: str) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-_serialize = json.JSONEncoder(separators=(",", ":")).encode  # compact: big replies shrink
-
-
 class Connection:
     """One client connection; also an EventBus subscriber once it subscribes."""
 
@@ -86,9 +83,10 @@ class Connection:
             self.job_ids is None or event.get("job_id") in self.job_ids)
 
     def deliver(self, event: dict[str, Any]) -> None:
-        self.send(json.dumps({"jsonrpc": "2.0", "method": "event", "params": event}))
+        self.send(frame({"jsonrpc": "2.0", "method": "event", "params": event}))
 
-    def send(self, text: str) -> None:
+    def send(self, data: bytes) -> None:
+        """Queue one frame (from frame())."""
         if self.closed:
             return
         transport = self.writer.transport
@@ -98,7 +96,7 @@ class Connection:
             self.closed = True
             transport.abort()
             return
-        self.writer.write(text.encode() + b"\n")
+        self.writer.write(data)
 
 
 class RpcServer:
@@ -134,7 +132,7 @@ class RpcServer:
             return
         if len(self.connections) >= self.max_connections:
             writer.write(_error_frame(LimitExceeded.code, "too many connections to labd; "
-                                      "try again").encode() + b"\n")
+                                      "try again"))
             writer.close()
             return
         conn = Connection(peer, writer, max_queue=16 * self.max_frame)
@@ -179,7 +177,7 @@ class RpcServer:
                 return
             reply = await async_dispatch(text, methods=self.methods, context=ctx,
                                          deserializer=_deserialize,
-                                         validator=validate_request, serializer=_serialize)
+                                         validator=validate_request, serializer=frame)
             if reply:
                 conn.send(reply)
         except asyncio.CancelledError:

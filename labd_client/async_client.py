@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -14,6 +13,7 @@ from jsonrpcclient import Error as RpcError
 from jsonrpcclient import parse, request
 
 from labd.errors import ConnectionFailed, LabdError, from_response
+from labd.frames import frame, parse_frame
 from .paths import default_socket
 from .results import JobResult
 from .views import JobList, QueueView
@@ -79,7 +79,7 @@ class AsyncClient:
                 line = await reader.readline()
                 if not line:
                     break
-                msg = json.loads(line)
+                msg = parse_frame(line)
                 if isinstance(msg, dict) and "method" in msg and "id" not in msg:
                     self.events.put_nowait(msg.get("params") or {})
                     continue
@@ -111,7 +111,7 @@ class AsyncClient:
         fut = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         assert self._writer is not None
-        self._writer.write(json.dumps(request(method, params, id=req_id)).encode() + b"\n")
+        self._writer.write(frame(request(method, params, id=req_id)))
         try:
             await self._writer.drain()
             limit = self.timeout if _timeout is None else _timeout

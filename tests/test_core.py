@@ -339,3 +339,11 @@ def test_history_since_filter(client):
     assert len(client.history(user="since-test", since="2000-01-01")) == 1
     with pytest.raises(InvalidParams, match="since"):
         client.history(since="yesterday")
+
+
+def test_numpy_values_from_a_notebook_are_sent_as_numbers(client):
+    import numpy as np
+    job = client.wait(client.submit(*NOOP, {"value": np.float64(2.5)}), timeout=30)
+    assert job.is_successful() and job.experiment_config == {"value": 2.5}
+    with h5py.File(job.data_file_path) as f:
+        assert f["avgi"][0] == 2.5

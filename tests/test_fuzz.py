@@ -119,6 +119,15 @@ def test_ten_thousand_malformed_frames(make_daemon):
     assert state(d) == before
 
 
+def test_any_json_id_is_echoed_exactly(make_daemon):
+    """Replies are encoded by orjson, which refuses ints beyond 64 bits: JSON allows them."""
+    conn = Conn(make_daemon().socket)
+    for rid in (2 ** 70, -2 ** 63, 2 ** 64 - 1, "é" * 50, 1.5, None):
+        reply = conn.exchange(json.dumps({"jsonrpc": "2.0", "method": "health",
+                                          "id": rid}).encode())
+        assert reply["id"] == rid and reply["result"]["status"] == "ok"
+
+
 def test_idle_slow_half_frame_and_non_reading_clients(make_daemon):
     d = make_daemon(max_frame_bytes=MAX_FRAME)
     idle = []
