@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -129,15 +130,22 @@ class StoreError(RuntimeError):
     """The database refused a write (disk full, read-only, corrupt)."""
 
 
+def _resolve(batch: list[tuple[Sequence[Op], asyncio.Future]],
+             error: BaseException | None) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_exception(error) if error else fut.set_result(None)
+
+
 class Store:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
-        self._pending: list[tuple[Sequence[Op], asyncio.Future]] = []
-        self._wake = asyncio.Event()
-        self._writer_task: asyncio.Task | None = None
+        self._queue: list[tuple[Sequence[Op], asyncio.Future]] = []
+        self._lock = threading.Lock()   # _queue and _draining: loop and SQLite thread
+        self._draining: asyncio.Future | None = None
         self.commits = 0
 
     async def open(self) -> None:
@@ -152,17 +160,10 @@ class Store:
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         self._r.row_factory = aiosqlite.Row
         await self._r.execute("PRAGMA query_only=ON")
-        self._writer_task = asyncio.create_task(self._writer(), name="store-writer")
 
     async def close(self) -> None:
-        if self._writer_task:
-            while self._pending:
-                await asyncio.sleep(0.001)
-            self._writer_task.cancel()
-            try:
-                await self._writer_task
-            except asyncio.CancelledError:
-                pass
+        while self._draining is not None:  # let queued writes finish
+            await asyncio.wait({self._draining})
         for c in (self._r, self._w):
             if c is not None:
                 await c.close()
@@ -170,35 +171,48 @@ class Store:
     # ---- writes -------------------------------------------------------------------
     async def write(self, *ops: Op) -> None:
         """Queue ops for the next group commit and wait until they are durable."""
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((ops, fut))
-        self._wake.set()
-        await fut
+        await self.submit(*ops)
 
-    async def _writer(self) -> None:
+    def submit(self, *ops: Op) -> asyncio.Future:
+        """Queue ops for the next group commit; the future is done once they are durable
+        (or holds a StoreError)."""
+        fut = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._queue.append((ops, fut))
+            if self._draining is None:  # else the SQLite thread takes it after its commit
+                self._start_drain()
+        return fut
+
+    def _start_drain(self) -> None:
+        # aiosqlite's _execute is the primitive its public calls are built on: one hop
         assert self._w is not None
+        self._draining = asyncio.ensure_future(self._w._execute(
+            self._drain, self._w._conn, asyncio.get_running_loop()))
+
+    def _drain(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        """In the SQLite thread: commit whatever is queued, group after group, until the
+        queue is empty. What arrives during a commit goes into the next one, without a
+        round trip through the event loop in between."""
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    loop.call_soon_threadsafe(self._drained)
+                    return
             try:
-                await self._commit([op for ops, _ in batch for op in ops])
+                _run_group(conn, [op for ops, _ in batch for op in ops])
                 error: BaseException | None = None
-            except Exception as exc:  # disk full, read-only fs: fail this batch, keep going
+                self.commits += 1
+            except Exception as exc:  # disk full, read-only fs: fail this group, go on
                 log.error("database write failed: %s", exc)
                 error = StoreError(f"database write failed: {exc}")
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(error) if error else fut.set_result(None)
+            loop.call_soon_threadsafe(_resolve, batch, error)
 
-    async def _commit(self, ops: list[Op]) -> None:
-        # One hop to the SQLite thread for the whole group (BEGIN ... COMMIT). aiosqlite's
-        # public calls are one hop each, and the loop wake-ups they cost dominated a submit;
-        # _execute is the primitive those public calls are built on.
-        await self._w._execute(_run_group, self._w._conn, ops)
-        self.commits += 1
+    def _drained(self) -> None:
+        with self._lock:
+            self._draining = None
+            if self._queue:  # queued after the thread's last look: start it again
+                self._start_drain()
 
     # ---- reads --------------------------------------------------------------------
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
