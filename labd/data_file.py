@@ -87,6 +87,8 @@ class _Image:
     _fapl.set_libver_bounds(h5f.LIBVER_EARLIEST, h5f.LIBVER_LATEST)  # as h5py.File does
     _dcpl = h5p.create(h5p.DATASET_CREATE)
     _dcpl.set_obj_track_times(False)
+    _utf8_names = h5p.create(h5p.LINK_CREATE)
+    _utf8_names.set_char_encoding(h5t.CSET_UTF8)
 
     def __init__(self, source: Path | None = None) -> None:
         if source is None:
@@ -118,8 +120,8 @@ class _Image:
 
     def dataset(self, obj: Any, name: str, arr: np.ndarray) -> None:
         arr = np.require(arr, requirements="C")
-        h5d.create(obj, name.encode(), *self._type_space(arr), dcpl=self._dcpl).write(
-            h5s.ALL, h5s.ALL, arr)
+        h5d.create(obj, name.encode(), *self._type_space(arr), dcpl=self._dcpl,
+                   lcpl=self._lcpl(name)).write(h5s.ALL, h5s.ALL, arr)
 
     def text(self, obj: Any, name: str, content: str) -> None:
         """A UTF-8 text dataset, fixed-length: reads back like a variable-length one (bytes
@@ -128,8 +130,12 @@ class _Image:
         arr = np.array(data, dtype=f"S{max(len(data), 1)}")
         tid = h5t.py_create(arr.dtype).copy()
         tid.set_cset(h5t.CSET_UTF8)
-        h5d.create(obj, name.encode(), tid, self._scalar, dcpl=self._dcpl).write(
-            h5s.ALL, h5s.ALL, arr, mtype=tid)
+        h5d.create(obj, name.encode(), tid, self._scalar, dcpl=self._dcpl,
+                   lcpl=self._lcpl(name)).write(h5s.ALL, h5s.ALL, arr, mtype=tid)
+
+    def _lcpl(self, name: str) -> Any:
+        """Names are marked UTF-8 when they are not ASCII, as h5py does."""
+        return None if name.isascii() else self._utf8_names
 
     def _type_space(self, arr: np.ndarray) -> tuple[Any, Any]:
         return (h5t.py_create(arr.dtype, logical=True),
