@@ -170,18 +170,14 @@ class Store:
 
     # ---- writes -------------------------------------------------------------------
     async def write(self, *ops: Op) -> None:
-        """Queue ops for the next group commit and wait until they are durable."""
-        await self.submit(*ops)
-
-    def submit(self, *ops: Op) -> asyncio.Future:
-        """Queue ops for the next group commit; the future is done once they are durable
-        (or holds a StoreError)."""
+        """Queue ops for the next group commit and wait until they are durable (raises
+        StoreError if the commit failed)."""
         fut = asyncio.get_running_loop().create_future()
         with self._lock:
             self._queue.append((ops, fut))
             if self._draining is None:  # else the SQLite thread takes it after its commit
                 self._start_drain()
-        return fut
+        await fut
 
     def _start_drain(self) -> None:
         # aiosqlite's _execute is the primitive its public calls are built on: one hop

@@ -128,6 +128,27 @@ def test_any_json_id_is_echoed_exactly(make_daemon):
         assert reply["id"] == rid and reply["result"]["status"] == "ok"
 
 
+def test_a_client_that_hangs_up_mid_request_leaves_consistent_state(make_daemon):
+    """A submit whose client disconnects while the commit is under way is either not
+    stored or stored and queued: never stored but missing from the queue."""
+    d = make_daemon()
+    with Client(d.socket) as c:
+        c.pause()
+        for i in range(100):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(d.socket))
+            s.sendall(json.dumps({"jsonrpc": "2.0", "method": "submit", "id": i, "params": {
+                "experiment_class": "NoOpExperiment", "user": "hangs-up",
+                "experiment_module": "experiments.diagnostics.noop"}}).encode() + b"\n")
+            time.sleep(i * 2e-5)  # hang up at some point between 0 and 2 ms
+            s.close()
+        time.sleep(0.5)
+        stored = {j.job_id for j in c.history(user="hangs-up", limit=1000)}
+        queued = {r["job_id"] for r in c.queue(user="hangs-up")["pending"]}
+        assert stored, "no submit got far enough to be stored: the test proves nothing"
+        assert stored == queued
+
+
 def test_idle_slow_half_frame_and_non_reading_clients(make_daemon):
     d = make_daemon(max_frame_bytes=MAX_FRAME)
     idle = []
