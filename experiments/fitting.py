@@ -9,12 +9,31 @@ from scipy.optimize import curve_fit
 
 
 def _fit(f: Callable, x: np.ndarray, y: np.ndarray, p0: list[float], names: list[str],
-         bounds=(-np.inf, np.inf)) -> dict[str, float]:
-    popt, pcov = curve_fit(f, x, y, p0=p0, bounds=bounds, maxfev=20000)
+         bounds=(-np.inf, np.inf), maxfev: int = 20000) -> dict[str, float]:
+    popt, pcov = curve_fit(f, x, y, p0=p0, bounds=bounds, maxfev=maxfev)
     err = np.sqrt(np.clip(np.diag(pcov), 0, None))
     out = {n: float(v) for n, v in zip(names, popt)}
     out.update({f"{n}_err": float(e) for n, e in zip(names, err)})
     return out
+
+
+def _best_fit(f: Callable, x: np.ndarray, y: np.ndarray, starts: list[list[float]],
+              names: list[str], bounds=(-np.inf, np.inf)) -> dict[str, float]:
+    """The lowest-residual fit over several starting points: oscillating models have
+    local minima that a single start falls into now and then. A start that has not
+    converged after 2000 evaluations is in the wrong valley: give up on it early."""
+    best = None
+    for p0 in starts:
+        try:
+            r = _fit(f, x, y, p0, names, bounds, maxfev=2000)
+        except RuntimeError:
+            continue
+        res = np.sum((f(x, *(r[n] for n in names)) - y) ** 2)
+        if best is None or res < best[0]:
+            best = (res, r)
+    if best is None:
+        raise RuntimeError(f"{f.__name__} fit did not converge")
+    return best[1]
 
 
 def signal_axis(iq: np.ndarray) -> np.ndarray:
@@ -33,20 +52,9 @@ def fit_rabi(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     freqs = np.fft.rfftfreq(len(x), x[1] - x[0])
     f0 = freqs[1 + np.argmax(spectrum[1:])] if len(freqs) > 1 else 1.0 / (x[-1] - x[0])
     guesses = [1 / (2 * f0)] + [x[-1] * k for k in (0.25, 0.5, 1.0)]
-    best = None
-    for g in guesses:  # cos fits have local minima: keep the best of a few starts
-        for sign in (1, -1):
-            try:
-                r = _fit(rabi, x, y, [sign * np.ptp(y) / 2, g, y.mean()],
-                         ["amp", "pi_gain", "offset"], ([-np.inf, 1e-6, -np.inf], np.inf))
-            except RuntimeError:
-                continue
-            res = np.sum((rabi(x, r["amp"], r["pi_gain"], r["offset"]) - y) ** 2)
-            if best is None or res < best[0]:
-                best = (res, r)
-    if best is None:
-        raise RuntimeError("Rabi fit did not converge")
-    return best[1]
+    return _best_fit(rabi, x, y, [[sign * np.ptp(y) / 2, g, y.mean()] for g in guesses
+                                  for sign in (1, -1)],
+                     ["amp", "pi_gain", "offset"], ([-np.inf, 1e-6, -np.inf], np.inf))
 
 
 def exp_decay(x, amp, tau, offset):
@@ -64,12 +72,18 @@ def decay_cos(x, amp, freq, phase, tau, offset):
 
 
 def fit_decaying_cos(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    spectrum = np.abs(np.fft.rfft(y - y.mean()))
+    spectrum = np.fft.rfft(y - y.mean())
     freqs = np.fft.rfftfreq(len(x), x[1] - x[0])
-    f0 = freqs[1 + np.argmax(spectrum[1:])]
-    p0 = [np.ptp(y) / 2, f0, 0.0, (x[-1] - x[0]) / 2, y.mean()]
-    return _fit(decay_cos, x, y, p0, ["amp", "freq", "phase", "tau", "offset"],
-                ([0, 0, -2 * np.pi, 1e-9, -np.inf], [np.inf, np.inf, 2 * np.pi, np.inf, np.inf]))
+    k = 1 + np.argmax(np.abs(spectrum[1:]))
+    # Start from the phase of the strongest Fourier component, plus two neighbours: the IQ
+    # axis has no preferred sign, and a single start at phase 0 failed ~2% of Ramseys.
+    phase = np.angle(spectrum[k] * np.exp(-2j * np.pi * freqs[k] * x[0]))
+    return _best_fit(decay_cos, x, y, [[np.ptp(y) / 2, freqs[k], p, (x[-1] - x[0]) / 2,
+                                        y.mean()]
+                                       for p in (phase, phase + np.pi / 2, phase - np.pi / 2)],
+                     ["amp", "freq", "phase", "tau", "offset"],
+                     ([0, 0, -2 * np.pi, 1e-9, -np.inf],  # freq up to Nyquist: above it
+                      [np.inf, freqs[-1], 2 * np.pi, np.inf, np.inf]))  # are only aliases
 
 
 def lorentzian(x, amp, f0, fwhm, offset):
