@@ -129,18 +129,15 @@ class ConfigDiff(_P):
 METHODS: dict[str, Callable[..., Awaitable[Any]]] = {}
 
 
-def rpc(name: str, params: type[_P] = NoParams, *, mutates: bool = False):
-    """Register a method: pydantic-validated params, LabdError -> JSON-RPC error. A method
-    that ``mutates`` runs to completion even if its client hangs up mid-call (the server
-    cancels a connection's calls then): a submit that was committed must also be queued."""
+def rpc(name: str, params: type[_P] = NoParams):
+    """Register a method: pydantic-validated params, LabdError -> JSON-RPC error."""
     def deco(fn: Callable[[Call, Any], Awaitable[Any]]):
         async def method(call: Call, *args: Any, **kwargs: Any):
             if args:
                 return Error(InvalidParams.code, f"{name}: params must be an object with named "
                              "fields, not a list")
             try:
-                work = fn(call, params.model_validate(kwargs))
-                return Success(await (asyncio.shield(work) if mutates else work))
+                return Success(await fn(call, params.model_validate(kwargs)))
             except ValidationError as exc:
                 return Error(InvalidParams.code, f"{name}: {describe_validation(exc)}")
             except LabdError as exc:
@@ -206,7 +203,7 @@ async def _resubmit(call: Call, src: Any, *, pins: dict[str, str],
         time_limit_s=src.time_limit_s, config_versions=pins), batch_id)
 
 
-@rpc("submit", SubmitParams, mutates=True)
+@rpc("submit", SubmitParams)
 async def submit(call: Call, p: SubmitParams) -> dict[str, Any]:
     job = await _prepare(call, p, None)
     [job_id] = await call.daemon.scheduler.enqueue(call.peer, [job])
@@ -214,7 +211,7 @@ async def submit(call: Call, p: SubmitParams) -> dict[str, Any]:
             "position": call.daemon.scheduler.queue.position(job_id)}
 
 
-@rpc("submit_batch", BatchParams, mutates=True)
+@rpc("submit_batch", BatchParams)
 async def submit_batch(call: Call, p: BatchParams) -> dict[str, Any]:
     """All or nothing: every job is validated before any is stored, in one commit."""
     if len(p.jobs) > call.daemon.settings.max_batch:
@@ -239,19 +236,19 @@ async def get(call: Call, p: JobRef) -> dict[str, Any]:
     return out
 
 
-@rpc("cancel", JobRef, mutates=True)
+@rpc("cancel", JobRef)
 async def cancel(call: Call, p: JobRef) -> dict[str, Any]:
     return await call.daemon.scheduler.cancel(call.peer, p.job_id)
 
 
-@rpc("cancel_batch", CancelBatch, mutates=True)
+@rpc("cancel_batch", CancelBatch)
 async def cancel_batch(call: Call, p: CancelBatch) -> dict[str, Any]:
     sched = call.daemon.scheduler
     ids = sched.job_ids_where(lambda pj: pj.batch_id == p.batch_id)
     return {"batch_id": p.batch_id, **await sched.cancel_many(call.peer, ids)}
 
 
-@rpc("cancel_user", UserRef, mutates=True)
+@rpc("cancel_user", UserRef)
 async def cancel_user(call: Call, p: UserRef) -> dict[str, Any]:
     """Cancel every pending and running job of an account (yours, or anyone's as admin)."""
     if p.os_user != call.peer.username and not call.peer.is_admin:
@@ -261,32 +258,32 @@ async def cancel_user(call: Call, p: UserRef) -> dict[str, Any]:
     return {"os_user": p.os_user, **await sched.cancel_many(call.peer, ids)}
 
 
-@rpc("pause", mutates=True)
+@rpc("pause")
 async def pause(call: Call, p: NoParams) -> dict[str, Any]:
     return await call.daemon.scheduler.set_paused(call.peer, True)
 
 
-@rpc("resume", mutates=True)
+@rpc("resume")
 async def resume(call: Call, p: NoParams) -> dict[str, Any]:
     return await call.daemon.scheduler.set_paused(call.peer, False)
 
 
-@rpc("hold", JobRef, mutates=True)
+@rpc("hold", JobRef)
 async def hold(call: Call, p: JobRef) -> dict[str, Any]:
     return await call.daemon.scheduler.set_held(call.peer, p.job_id, True)
 
 
-@rpc("release", JobRef, mutates=True)
+@rpc("release", JobRef)
 async def release(call: Call, p: JobRef) -> dict[str, Any]:
     return await call.daemon.scheduler.set_held(call.peer, p.job_id, False)
 
 
-@rpc("set_priority", PriorityParams, mutates=True)
+@rpc("set_priority", PriorityParams)
 async def set_priority(call: Call, p: PriorityParams) -> dict[str, Any]:
     return await call.daemon.scheduler.set_priority(call.peer, p.job_id, p.priority)
 
 
-@rpc("retry", JobRef, mutates=True)
+@rpc("retry", JobRef)
 async def retry(call: Call, p: JobRef) -> dict[str, Any]:
     """Submit a failed or cancelled job again as it was submitted (its pins, not the
     versions it resolved: use rerun to reproduce exactly)."""
@@ -309,10 +306,8 @@ async def wait(call: Call, p: WaitParams) -> dict[str, Any]:
     try:
         job = await sched.get(p.job_id)
         if not job.is_terminal():
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), p.timeout)
-            except asyncio.TimeoutError:
-                pass
+            await asyncio.wait({fut, call.conn.gone}, timeout=p.timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
             job = await sched.get(p.job_id)
     finally:
         sched.events.drop_waiter(p.job_id, fut)
@@ -426,11 +421,12 @@ async def health(call: Call, p: NoParams) -> dict[str, Any]:
             "running": sched.running.summary() if sched.running else None,
             "uptime_s": round(time.monotonic() - d.started_mono, 3),
             "hardware": d.settings.hardware, "db_commits": d.store.commits,
+            "waits": sched.events.waiting(),
             "you": call.peer.username,
             "admin": call.peer.is_admin, "time": utcnow()}
 
 
-@rpc("rerun", JobRef, mutates=True)
+@rpc("rerun", JobRef)
 async def rerun(call: Call, p: JobRef) -> dict[str, Any]:
     """Submit again with the same expt config and the exact config versions it ran with."""
     src = await call.daemon.scheduler.get(p.job_id)
@@ -442,7 +438,7 @@ async def rerun(call: Call, p: JobRef) -> dict[str, Any]:
 
 
 # ---- configs ------------------------------------------------------------------------
-@rpc("config.push", ConfigPush, mutates=True)
+@rpc("config.push", ConfigPush)
 async def config_push(call: Call, p: ConfigPush) -> dict[str, Any]:
     return await call.daemon.configs.push(p.type, p.content, call.peer.username, p.message,
                                           p.expected_main)
@@ -464,7 +460,7 @@ async def config_show(call: Call, p: VersionRef) -> dict[str, Any]:
     return await call.daemon.configs.show(p.version_id)
 
 
-@rpc("config.set_main", SetMain, mutates=True)
+@rpc("config.set_main", SetMain)
 async def config_set_main(call: Call, p: SetMain) -> dict[str, Any]:
     return await call.daemon.configs.set_main(p.type, p.version_id, call.peer.username)
 

@@ -41,6 +41,10 @@ class EventBus:
         self._waiters[job_id].add(fut)
         return fut
 
+    def waiting(self) -> int:
+        """Number of ``wait`` calls parked (for health)."""
+        return sum(len(w) for w in self._waiters.values())
+
     def drop_waiter(self, job_id: str, fut: asyncio.Future) -> None:
         waiters = self._waiters.get(job_id)
         if waiters is not None:

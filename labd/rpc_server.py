@@ -77,6 +77,10 @@ class Connection:
         self.job_ids: set[str] | None = None  # None: all jobs
         self.max_queue = max_queue
         self.closed = False
+        # Done when the client hangs up. Calls in flight are not cancelled then (a submit
+        # cancelled between its commit and the heap would be stored but never run); the
+        # one long call, wait, ends early on it instead.
+        self.gone: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def wants(self, event: dict[str, Any]) -> bool:
         return event.get("type") in self.topics and (
@@ -111,6 +115,7 @@ class RpcServer:
         self.max_connections = max_connections
         self.on_disconnect = on_disconnect
         self.connections: set[Connection] = set()
+        self._calls: set[asyncio.Task] = set()
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, sock: socket.socket) -> None:
@@ -139,7 +144,6 @@ class RpcServer:
         self.connections.add(conn)
         ctx = self.make_context(conn)
         inflight = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)
-        tasks: set[asyncio.Task] = set()
         try:
             while not conn.closed:
                 try:
@@ -152,13 +156,12 @@ class RpcServer:
                     break
                 await inflight.acquire()
                 task = asyncio.create_task(self._one(conn, ctx, line, inflight))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                self._calls.add(task)  # a strong ref: the loop keeps only weak ones
+                task.add_done_callback(self._calls.discard)
         except (ConnectionError, OSError):
             pass
         finally:
-            for t in tasks:
-                t.cancel()
+            conn.gone.set_result(None)
             conn.closed = True
             self.connections.discard(conn)
             self.on_disconnect(conn)

@@ -149,6 +149,25 @@ def test_a_client_that_hangs_up_mid_request_leaves_consistent_state(make_daemon)
         assert stored == queued
 
 
+def test_a_wait_ends_when_its_client_hangs_up(make_daemon):
+    d = make_daemon()
+    with Client(d.socket) as c:
+        c.pause()
+        job_id = c.submit("NoOpExperiment", "experiments.diagnostics.noop")
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(d.socket))
+        s.sendall(json.dumps({"jsonrpc": "2.0", "method": "wait", "id": 1, "params": {
+            "job_id": job_id, "timeout": 3600}}).encode() + b"\n")
+        deadline = time.monotonic() + 10
+        while c.health()["waits"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        s.close()
+        while c.health()["waits"] != 0:
+            assert time.monotonic() < deadline, "the wait outlived its client"
+            time.sleep(0.02)
+
+
 def test_idle_slow_half_frame_and_non_reading_clients(make_daemon):
     d = make_daemon(max_frame_bytes=MAX_FRAME)
     idle = []
