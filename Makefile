@@ -17,5 +17,5 @@ run: install            ## daemon on the embedded default: mock board, per-user 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: install          ## prints JSON numbers, see benchmarks/README
+bench: install          ## prints JSON numbers; results and their reading: benchmarks/RESULTS.md
 	$(PY) benchmarks/bench_core.py
