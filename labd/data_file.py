@@ -153,7 +153,7 @@ def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
     until add_results() runs, or "none" for an experiment without analysis."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _Image() as f:
-        f.attr(f.root, "config", json.dumps(config, default=str))
+        f.attr(f.root, "config", config)
         for k, v in meta.items():
             if v is not None and v != []:  # an attribute costs ~40 us: skip empty ones
                 f.attr(f.root, k, v)
