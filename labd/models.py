@@ -3,10 +3,11 @@ executor. Validation here is what turns bad client input into an actionable erro
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from labd_client.protocol import Job, JobStatus  # noqa: F401  (shared with the clients)
 
 JOB_ID_RE = r"^JOB-\d{8}-\d{5,}$"
 MODULE_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,8}$"
@@ -17,19 +18,6 @@ VERSION_RE = r"^CFG-[A-Z0-9]{1,4}-\d{8}-\d{5,}$"
 def utcnow() -> str:
     """UTC ISO-8601 with offset; the predecessor's naive local times were ambiguous."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-class JobStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-
 
 
 class _Strict(BaseModel):
@@ -65,37 +53,3 @@ class SubmitParams(_Strict):
             if not re.match(VERSION_RE, vid):
                 raise ValueError(f"{name}: {vid!r} is not a version ID like CFG-HW-20260101-00001")
         return v
-
-
-class Job(BaseModel):
-    """A job as stored and returned by get/history."""
-    job_id: str
-    status: JobStatus
-    user: str
-    os_user: str
-    os_uid: int
-    experiment_class: str
-    experiment_module: str
-    experiment_config: dict[str, Any]
-    priority: int
-    created_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    data_file_path: str | None = None
-    log_path: str | None = None
-    error_message: str | None = None
-    batch_id: str | None = None
-    time_limit_s: float | None = None
-    config_versions: dict[str, str] = {}
-    pinned_versions: dict[str, str] = {}
-    module_sha256: str | None = None
-    module_git_rev: str | None = None
-    progress: float | None = None
-    results: dict[str, Any] = {}
-    held: bool = False
-    after_job: str | None = None
-    not_before: str | None = None
-    retry_of: str | None = None
-
-    def is_terminal(self) -> bool:
-        return self.status.terminal

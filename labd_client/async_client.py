@@ -1,59 +1,67 @@
-"""AsyncClient: one Unix-socket connection to labd, JSON-RPC requests multiplexed by id,
-server-pushed events delivered to a queue. Reconnects on the next call after the daemon
-restarts."""
+"""AsyncClient: labd from asyncio code (``labctl watch``, services). One Unix-socket
+connection, requests multiplexed by id, server-pushed events delivered to ``events``; a
+lost connection puts ``{"type": "disconnected"}`` there. Same verbs as ``Client``."""
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 import os
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
-from jsonrpcclient import Error as RpcError
-from jsonrpcclient import parse, request
-
-from labd.errors import ConnectionFailed, LabdError, from_response
-from labd.frames import frame, parse_frame
-from .paths import default_socket
+from . import verbs
+from .data import load
+from .paths import candidate_sockets, connect_failure, not_running
+from .protocol import (WAIT_FOREVER_S, ConnectionFailed, Conversation, LabdError, backoff,
+                       clean, from_response, is_event, parse_frame, result_of)
 from .results import JobResult
-from .views import JobList, QueueView
 
 FRAME_LIMIT = 64 * 1024 * 1024
+LOST = "connection to labd lost (daemon restarted?)"
+DISCONNECTED = {"type": "disconnected"}
 
 
 class AsyncClient:
     def __init__(self, socket_path: str | os.PathLike | None = None,
                  timeout: float = 60.0) -> None:
-        self.socket_path = Path(socket_path) if socket_path else default_socket()
+        self._candidates = candidate_sockets(socket_path)
+        self.socket_path = self._candidates[0]
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future] = {}
-        self._ids = itertools.count(1)
+        self._conv = Conversation()
         self._read_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._subscription: dict[str, Any] | None = None
 
     # ---- connection ---------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
     async def connect(self) -> None:
         async with self._lock:
-            if self._writer is not None and not self._writer.is_closing():
+            if self.connected:
                 return
-            try:
-                self._reader, self._writer = await asyncio.open_unix_connection(
-                    str(self.socket_path), limit=FRAME_LIMIT)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise ConnectionFailed(f"labd is not running at {self.socket_path} "
-                                       f"({exc.strerror})") from None
-            except PermissionError:
-                raise ConnectionFailed(f"no permission to use {self.socket_path}: ask an "
-                                       "admin to add you to the labd group") from None
+            tried = []
+            for path in self._candidates:
+                try:
+                    self._reader, self._writer = await asyncio.open_unix_connection(
+                        str(path), limit=FRAME_LIMIT)
+                except OSError as exc:
+                    tried.append(connect_failure(path, exc))
+                    continue
+                self.socket_path, self._conv = path, Conversation()
+                break
+            else:
+                raise ConnectionFailed(not_running(tried))
             self._read_task = asyncio.create_task(self._read_loop())
         if self._subscription is not None:  # restore push events after a reconnect
             await self.call("subscribe", **self._subscription)
 
     async def close(self) -> None:
+        self._subscription = None
         if self._writer is not None:
             self._writer.close()
         if self._read_task is not None:
@@ -75,18 +83,17 @@ class AsyncClient:
         reader = self._reader
         assert reader is not None
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
+            while line := await reader.readline():
                 msg = parse_frame(line)
-                if isinstance(msg, dict) and "method" in msg and "id" not in msg:
+                if not isinstance(msg, dict):
+                    continue
+                if is_event(msg):
                     self.events.put_nowait(msg.get("params") or {})
                     continue
-                fut = self._pending.pop(msg.get("id"), None) if isinstance(msg, dict) else None
+                fut = self._pending.pop(msg.get("id"), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
-                elif isinstance(msg, dict) and msg.get("id") is None and "error" in msg:
+                elif msg.get("id") is None and "error" in msg:
                     err = msg["error"]  # a connection-level error (e.g. frame too large)
                     for f in self._pending.values():
                         if not f.done():
@@ -96,122 +103,43 @@ class AsyncClient:
         finally:
             if self._writer is not None:
                 self._writer.close()
-            lost = ConnectionFailed("connection to labd lost (daemon restarted?)")
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_exception(lost)
+                    fut.set_exception(ConnectionFailed(LOST))
             self._pending.clear()
+            self.events.put_nowait(dict(DISCONNECTED))
 
     async def call(self, method: str, _timeout: float | None = None, **params: Any) -> Any:
         """One JSON-RPC call; raises a typed LabdError carrying the daemon's message.
         ``_timeout`` bounds the wait for the answer (default: the client's timeout)."""
-        if self._writer is None or self._writer.is_closing():
+        if not self.connected:
             await self.connect()
-        req_id = next(self._ids)
+        req_id, data = self._conv.request(method, params)
         fut = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         assert self._writer is not None
-        self._writer.write(frame(request(method, params, id=req_id)))
+        self._writer.write(data)
+        limit = self.timeout if _timeout is None else _timeout
         try:
             await self._writer.drain()
-            limit = self.timeout if _timeout is None else _timeout
             msg = await asyncio.wait_for(fut, limit)
         except asyncio.TimeoutError:
             raise LabdError(f"{method}: no answer from labd within {limit:g} s") from None
         except (ConnectionError, OSError):
-            raise ConnectionFailed("connection to labd lost (daemon restarted?)") from None
+            raise ConnectionFailed(LOST) from None
         finally:
             self._pending.pop(req_id, None)
-        response = parse(msg)
-        if isinstance(response, RpcError):
-            raise from_response(response.code, response.message, response.data)
-        return response.result
+        return result_of(msg)
 
-    # ---- jobs ---------------------------------------------------------------------
-    async def health(self) -> dict[str, Any]:
-        return await self.call("health")
+    async def _send(self, req: verbs.Req) -> Any:
+        return req.convert(await self.call(req.method, **req.params))
 
-    async def submit(self, experiment_class: str, experiment_module: str,
-                     expt_config: dict[str, Any] | None = None, *, user: str | None = None,
-                     priority: int | None = None, time_limit_s: float | None = None,
-                     config_versions: dict[str, str] | None = None,
-                     inline_configs: dict[str, str] | None = None, after: str | None = None,
-                     not_before: str | None = None, hold: bool = False) -> str:
-        """Queue a job; returns its ID once the daemon has stored it durably.
-        ``after``: run only once that job completed; ``not_before``: ISO time with a
-        timezone; ``hold``: queue it held until released."""
-        params = _clean(experiment_class=experiment_class, experiment_module=experiment_module,
-                        experiment_config=expt_config or {}, user=user, priority=priority,
-                        time_limit_s=time_limit_s, config_versions=config_versions,
-                        inline_configs=inline_configs, after=after, not_before=not_before,
-                        hold=hold or None)
-        return (await self.call("submit", **params))["job_id"]
-
-    async def submit_batch(self, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-        """Submit many jobs atomically (all or none): returns batch_id and job_ids. Each
-        dict takes submit()'s arguments (``expt_config`` or ``experiment_config``)."""
-        specs = []
-        for j in jobs:
-            j = dict(j)
-            if "expt_config" in j:
-                j["experiment_config"] = j.pop("expt_config")
-            specs.append({k: v for k, v in j.items() if v is not None})
-        return await self.call("submit_batch", jobs=specs)
-
-    async def get(self, job_id: str) -> JobResult:
-        return JobResult.from_dict(await self.call("get", job_id=job_id))
-
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        return await self.call("cancel", job_id=job_id)
-
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
-        return await self.call("cancel_batch", batch_id=batch_id)
-
-    async def rerun(self, job_id: str) -> str:
-        """Submit again with the exact config versions and expt config the job ran with."""
-        return (await self.call("rerun", job_id=job_id))["job_id"]
-
-    async def retry(self, job_id: str) -> str:
-        """Submit a failed or cancelled job again, as it was submitted."""
-        return (await self.call("retry", job_id=job_id))["job_id"]
-
-    async def cancel_user(self, os_user: str) -> dict[str, Any]:
-        return await self.call("cancel_user", os_user=os_user)
-
-    async def hold(self, job_id: str) -> dict[str, Any]:
-        return await self.call("hold", job_id=job_id)
-
-    async def release(self, job_id: str) -> dict[str, Any]:
-        return await self.call("release", job_id=job_id)
-
-    async def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
-        return await self.call("set_priority", job_id=job_id, priority=priority)
-
-    async def pause(self) -> dict[str, Any]:
-        return await self.call("pause")
-
-    async def resume(self) -> dict[str, Any]:
-        return await self.call("resume")
-
-    async def queue(self, user: str | None = None, os_user: str | None = None,
-                    limit: int = 100_000) -> dict[str, Any]:
-        """Running job and pending jobs in run order (each a dict with its position)."""
-        q = await self.call("queue", **_clean(user=user, os_user=os_user, limit=limit))
-        cols = q.pop("columns")
-        q["pending"] = [dict(zip(cols, row)) for row in q["pending"]]
-        return QueueView(q)
-
-    async def history(self, user: str | None = None, status: str | None = None,
-                      limit: int = 50, **filters: Any) -> list[JobResult]:
-        out = await self.call("history", **_clean(user=user, status=status, limit=limit,
-                                                  **filters))
-        return JobList(JobResult.from_dict(j) for j in out["jobs"])
-
+    # ---- waiting and events ---------------------------------------------------------
     async def wait(self, job_id: str, timeout: float | None = None,
                    progress: bool = False) -> JobResult:
         """Block until the job ends (server-side wait; nothing polls). With
         ``progress=True`` a tqdm bar follows the job's pushed progress events."""
-        limit = 7 * 86400 if timeout is None else timeout
+        limit = WAIT_FOREVER_S if timeout is None else timeout
         if progress:
             await self.subscribe(["progress"], [job_id])
         waiter = asyncio.ensure_future(self._wait_surviving_restarts(job_id, limit))
@@ -233,7 +161,7 @@ class AsyncClient:
                 bar.set_postfix_str(result.status)
         finally:
             waiter.cancel()
-            await self.unsubscribe()
+            await self._end_subscription()
         return result
 
     async def _wait_surviving_restarts(self, job_id: str, limit: float) -> JobResult:
@@ -241,21 +169,17 @@ class AsyncClient:
         problem: reconnect with backoff and keep waiting until the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        backoff = 0.05
+        delay = None
         while True:
             left = max(0.0, deadline - loop.time())
             try:
                 return JobResult.from_dict(
                     await self.call("wait", _timeout=left + 30, job_id=job_id, timeout=left))
             except ConnectionFailed:
-                if loop.time() + backoff >= deadline:
+                delay = backoff(delay)
+                if loop.time() + delay >= deadline:
                     raise
-                await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
-
-    async def logs(self, job_id: str, offset: int = 0,
-                   max_bytes: int = 65536) -> dict[str, Any]:
-        return await self.call("logs", job_id=job_id, offset=offset, max_bytes=max_bytes)
+                await asyncio.sleep(delay)
 
     async def follow_logs(self, job_id: str, offset: int = 0) -> AsyncIterator[str]:
         """Yield log text as the job writes it, until it ends. Push events only wake us;
@@ -272,61 +196,41 @@ class AsyncClient:
                         return
                     if not page["text"]:
                         break
-                await self.events.get()  # new text was written (or the job ended)
+                if (await self.events.get()) == DISCONNECTED:
+                    raise ConnectionFailed(LOST)
                 while not self.events.empty():  # coalesce a burst of wake-ups
                     self.events.get_nowait()
         finally:
-            await self.unsubscribe()
+            await self._end_subscription()
 
     async def subscribe(self, topics: list[str], job_ids: list[str] | None = None) -> None:
-        self._subscription = _clean(topics=topics, job_ids=job_ids)
+        self._subscription = clean(topics=topics, job_ids=job_ids)
         await self.call("subscribe", **self._subscription)
 
     async def unsubscribe(self) -> None:
         self._subscription = None
         await self.call("unsubscribe")
 
-    # ---- configs ------------------------------------------------------------------
-    async def config_push(self, type: str, content: str, message: str | None = None,
-                          expected_main: str | None = None) -> dict[str, Any]:
-        return await self.call("config.push", **_clean(type=type, content=content,
-                                                       message=message,
-                                                       expected_main=expected_main))
-
-    async def config_pull(self, type: str) -> dict[str, Any]:
-        return await self.call("config.pull", type=type)
-
-    async def config_versions(self, type: str, limit: int = 100) -> dict[str, Any]:
-        return await self.call("config.versions", type=type, limit=limit)
-
-    async def config_show(self, version_id: str) -> dict[str, Any]:
-        return await self.call("config.show", version_id=version_id)
-
-    async def config_set_main(self, type: str, version_id: str) -> dict[str, Any]:
-        return await self.call("config.set_main", type=type, version_id=version_id)
-
-    async def config_history(self, type: str, limit: int = 100) -> dict[str, Any]:
-        return await self.call("config.history", type=type, limit=limit)
-
-    async def config_diff(self, a: str, b: str) -> str:
-        return (await self.call("config.diff", a=a, b=b))["diff"]
-
-    async def config_verify(self) -> dict[str, Any]:
-        return await self.call("config.verify")
-
-    async def config_types(self) -> list[dict[str, Any]]:
-        return (await self.call("config.types"))["types"]
+    async def _end_subscription(self) -> None:
+        self._subscription = None
+        if self.connected:
+            try:
+                await self.call("unsubscribe")
+            except LabdError:
+                pass
 
     async def load_data(self, job_id: str) -> dict[str, Any]:
         """Arrays, merged config and config contents from the job's HDF5 file."""
-        from labd.data_file import load
-        job = await self.get(job_id)
-        if not job.data_file_path:
-            raise LabdError(f"{job_id} has no data file ({job.status}"
-                            f"{': ' + job.error_message if job.error_message else ''})")
-        return await asyncio.to_thread(load, Path(job.data_file_path))
+        path = verbs.data_path(await self.get(job_id))
+        return await asyncio.to_thread(load, path)
 
 
-def _clean(**kw: Any) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if v is not None}
+def _async_verb(build: Callable[..., verbs.Req]) -> Callable[..., Any]:
+    @functools.wraps(build)
+    async def verb(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
+        return await self._send(build(*args, **kwargs))
+    return verb
 
+
+for _build in verbs.VERBS:
+    setattr(AsyncClient, _build.__name__, _async_verb(_build))

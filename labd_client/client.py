@@ -1,45 +1,67 @@
-"""Client: the synchronous face of AsyncClient for notebooks and scripts. It runs its own
-event loop in a background thread, so it works the same inside Jupyter's running loop."""
+"""Client: labd from notebooks and scripts, on one blocking Unix socket. No event loop, no
+thread: it works inside Jupyter's running loop because it never touches asyncio, and
+Ctrl-C leaves nothing behind (any interrupted call closes the connection, which ends the
+daemon's side of a wait and drops the subscription)."""
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
-import threading
+import socket
+import time
+from collections import deque
 from typing import Any, Callable, Iterator
 
-from .async_client import AsyncClient
+from . import verbs
+from .data import load
+from .paths import candidate_sockets, connect_failure, not_running
+from .protocol import (WAIT_FOREVER_S, ConnectionFailed, Conversation, LabdError, backoff,
+                       clean, is_event, result_of)
 from .results import JobResult
-from .views import format_queue
 
-
-def _sync(name: str) -> Callable[..., Any]:
-    target = getattr(AsyncClient, name)
-
-    @functools.wraps(target)
-    def method(self: "Client", *args: Any, **kwargs: Any) -> Any:
-        return self._run(getattr(self._async, name)(*args, **kwargs))
-    return method
+LOST = "connection to labd lost (daemon restarted?)"
 
 
 class Client:
     def __init__(self, socket_path: str | os.PathLike | None = None,
                  timeout: float = 60.0) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="labd-client",
-                                        daemon=True)
-        self._thread.start()
-        self._async = AsyncClient(socket_path, timeout)
-        self.socket_path = self._async.socket_path
+        self._candidates = candidate_sockets(socket_path)
+        self.socket_path = self._candidates[0]
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._conv = Conversation()
+        self._events: deque[dict[str, Any]] = deque()
+        self._subscription: dict[str, Any] | None = None
 
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    # ---- connection -----------------------------------------------------------------
+    def connect(self) -> None:
+        if self._sock is not None:
+            return
+        tried = []
+        for path in self._candidates:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(path))
+            except OSError as exc:
+                s.close()
+                tried.append(connect_failure(path, exc))
+                continue
+            self._sock, self.socket_path, self._conv = s, path, Conversation()
+            break
+        else:
+            raise ConnectionFailed(not_running(tried))
+        if self._subscription is not None:  # restore push events after a reconnect
+            self._exchange("subscribe", self._subscription)
+
+    def _drop(self) -> None:
+        """Close the connection: the daemon ends this connection's wait and events."""
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._events.clear()
 
     def close(self) -> None:
-        if self._loop.is_running():
-            self._run(self._async.close())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+        self._subscription = None
+        self._drop()
 
     def __enter__(self) -> "Client":
         return self
@@ -47,75 +69,164 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    call = _sync("call")
-    health = _sync("health")
-    submit = _sync("submit")
-    submit_batch = _sync("submit_batch")
-    get = _sync("get")
-    cancel = _sync("cancel")
-    cancel_batch = _sync("cancel_batch")
-    rerun = _sync("rerun")
-    retry = _sync("retry")
-    cancel_user = _sync("cancel_user")
-    hold = _sync("hold")
-    release = _sync("release")
-    set_priority = _sync("set_priority")
-    pause = _sync("pause")
-    resume = _sync("resume")
-    queue = _sync("queue")
-    history = _sync("history")
-    wait = _sync("wait")
-    logs = _sync("logs")
-    load_data = _sync("load_data")
-    config_push = _sync("config_push")
-    config_pull = _sync("config_pull")
-    config_versions = _sync("config_versions")
-    config_show = _sync("config_show")
-    config_set_main = _sync("config_set_main")
-    config_history = _sync("config_history")
-    config_diff = _sync("config_diff")
-    config_verify = _sync("config_verify")
-    config_types = _sync("config_types")
+    def _exchange(self, method: str | None, params: dict[str, Any] | None = None,
+                  timeout: float | None = None,
+                  on_event: Callable[[dict[str, Any]], None] | None = None) -> Any:
+        """Send one request and read until its response (events meanwhile go to
+        ``on_event`` or the buffer). With ``method=None``, read until one event arrives.
+        Anything but a complete exchange (timeout, lost connection, Ctrl-C) closes the
+        connection, so no half-read reply or server-side wait outlives the call."""
+        self.connect()
+        assert self._sock is not None
+        deliver = on_event or self._events.append
+        limit = self.timeout if timeout is None else timeout
+        response = None
+        try:
+            self._sock.settimeout(limit)
+            req_id = None
+            if method is not None:
+                req_id, data = self._conv.request(method, params or {})
+                self._sock.sendall(data)
+            got_event = False
+            while response is None and not (method is None and got_event):
+                chunk = self._sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionFailed(LOST)
+                for msg in self._conv.feed(chunk):
+                    if is_event(msg):
+                        deliver(msg.get("params") or {})
+                        got_event = True
+                    elif msg.get("id") == req_id or (msg.get("id") is None and "error" in msg):
+                        response = msg  # ours, or a connection-level error
+        except socket.timeout:
+            self._drop()
+            raise LabdError(f"{method or 'events'}: no answer from labd within "
+                            f"{limit:g} s") from None
+        except ConnectionFailed:
+            self._drop()
+            raise
+        except OSError:
+            self._drop()
+            raise ConnectionFailed(LOST) from None
+        except BaseException:
+            self._drop()
+            raise
+        return None if response is None else result_of(response)
 
-    def follow_logs(self, job_id: str, offset: int = 0) -> Iterator[str]:
-        """Yield the job's log text live until the job ends."""
-        agen = self._async.follow_logs(job_id, offset)
+    def call(self, method: str, _timeout: float | None = None, **params: Any) -> Any:
+        """One JSON-RPC call; raises a typed LabdError carrying the daemon's message."""
+        return self._exchange(method, params, _timeout)
+
+    # ---- events ---------------------------------------------------------------------
+    def subscribe(self, topics: list[str], job_ids: list[str] | None = None) -> None:
+        self._subscription = clean(topics=topics, job_ids=job_ids)
+        self._exchange("subscribe", self._subscription)
+
+    def unsubscribe(self) -> None:
+        self._subscription = None
+        self._events.clear()
+        if self._sock is not None:
+            self._exchange("unsubscribe")
+
+    def _end_subscription(self) -> None:
+        """Used in ``finally``: after an interrupt the connection is already gone."""
+        try:
+            self.unsubscribe()
+        except LabdError:
+            pass
+
+    def _next_events(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Block until at least one pushed event is here; return all buffered."""
+        if not self._events:
+            self._exchange(None, timeout=timeout)
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    # ---- waiting --------------------------------------------------------------------
+    def wait(self, job_id: str, timeout: float | None = None,
+             progress: bool = False) -> JobResult:
+        """Block until the job ends (a server-side wait; nothing polls). With
+        ``progress=True`` a tqdm bar follows the job's pushed progress events. Survives
+        a daemon restart: the job is durable, so it reconnects until its deadline."""
+        deadline = time.monotonic() + (WAIT_FOREVER_S if timeout is None else timeout)
+        bar = None
+        try:
+            if progress:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=100, desc=job_id, unit="%")
+                self.subscribe(["progress"], [job_id])
+
+            def on_event(ev: dict[str, Any]) -> None:
+                if bar is not None and ev.get("type") == "progress":
+                    bar.update(round(100 * ev["progress"]) - bar.n)
+            delay = None
+            while True:
+                for ev in self._events:
+                    on_event(ev)
+                self._events.clear()
+                left = max(0.0, deadline - time.monotonic())
+                try:
+                    job = JobResult.from_dict(self._exchange(
+                        "wait", {"job_id": job_id, "timeout": left}, left + 30, on_event))
+                    break
+                except ConnectionFailed:
+                    delay = backoff(delay)
+                    if time.monotonic() + delay >= deadline:
+                        raise
+                    time.sleep(delay)
+            if bar is not None:
+                if job.is_successful():
+                    bar.update(100 - bar.n)
+                bar.set_postfix_str(job.status)
+            return job
+        finally:
+            if bar is not None:
+                bar.close()
+                self._end_subscription()
+
+    def follow_logs(self, job_id: str, offset: int = 0,
+                    timeout: float | None = None) -> Iterator[str]:
+        """Yield the job's log text live until the job ends. Pushed events only wake us;
+        the text comes by byte offset, so nothing is duplicated or lost. ``timeout`` in
+        seconds bounds the whole follow."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.subscribe(["job", "log"], [job_id])
         try:
             while True:
-                try:
-                    yield self._run(agen.__anext__())
-                except StopAsyncIteration:
+                while True:
+                    page = self.logs(job_id, offset)
+                    if page["text"]:
+                        offset = page["offset"]
+                        yield page["text"]
+                    if page["eof"]:
+                        return
+                    if not page["text"]:
+                        break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     return
+                try:
+                    self._next_events(WAIT_FOREVER_S if left is None else left)
+                except LabdError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return
+                    raise
         finally:
-            self._run(agen.aclose())
+            self._end_subscription()
+
+    def load_data(self, job_id: str) -> dict[str, Any]:
+        """Arrays, merged config and config contents from the job's HDF5 file."""
+        return load(verbs.data_path(self.get(job_id)))
 
 
-class JobClient(Client):
-    """The predecessor's client calls, kept so existing notebooks run unchanged."""
+def _sync_verb(build: Callable[..., verbs.Req]) -> Callable[..., Any]:
+    @functools.wraps(build)
+    def verb(self: Client, *args: Any, **kwargs: Any) -> Any:
+        req = build(*args, **kwargs)
+        return req.convert(self._exchange(req.method, req.params))
+    return verb
 
-    def health_check(self) -> dict[str, Any]:
-        return self.health()
 
-    def submit_job(self, experiment_class: str, experiment_module: str,
-                   expt_config: dict[str, Any] | None = None, user: str | None = None,
-                   priority: int | None = None, **kwargs: Any) -> str:
-        return self.submit(experiment_class, experiment_module, expt_config, user=user,
-                           priority=priority, **kwargs)
-
-    def get_status(self, job_id: str) -> JobResult:
-        return self.get(job_id)
-
-    def wait_for_completion(self, job_id: str, timeout: float | None = None,
-                            show_progress: bool = True) -> JobResult:
-        return self.wait(job_id, timeout=timeout, progress=show_progress)
-
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self.cancel(job_id)
-
-    def get_history(self, user: str | None = None, status: str | None = None,
-                    limit: int = 50) -> list[JobResult]:
-        return self.history(user=user, status=status, limit=limit)
-
-    def print_queue(self, user: str | None = None) -> None:
-        print(format_queue(self.queue(user=user)))
-
+for _build in verbs.VERBS:
+    setattr(Client, _build.__name__, _sync_verb(_build))

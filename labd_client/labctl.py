@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from labd import errors
+from . import protocol as errors
 from .client import Client
 from .results import JobResult
 from .views import format_job_line, format_queue
