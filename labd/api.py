@@ -423,7 +423,11 @@ async def health(call: Call, p: NoParams) -> dict[str, Any]:
             "hardware": d.settings.hardware, "db_commits": d.store.commits,
             "waits": sched.events.waiting(),
             "you": call.peer.username,
-            "admin": call.peer.is_admin, "time": utcnow()}
+            "admin": call.peer.is_admin, "time": utcnow(),
+            # the predecessor's keys, which its notebooks read
+            "pending_jobs": len(sched.queue) + len(sched.waiting),
+            "running_jobs": int(sched.running is not None),
+            "database_connected": not sched.stopping}  # the store closes only at shutdown
 
 
 @rpc("rerun", JobRef)
@@ -485,3 +489,12 @@ async def config_types(call: Call, p: NoParams) -> dict[str, Any]:
     c = call.daemon.configs
     return {"types": [{**t.model_dump(), "main": c.main.get(t.name)}
                       for t in c.types.values()]}
+
+
+# ---- discoverability (dropin-client branch): the experiment catalog -----------------
+@rpc("experiments")
+async def experiments(call: Call, p: NoParams) -> dict[str, Any]:
+    """The experiment classes a job may run, with their config fields (catalog.py)."""
+    from .catalog import catalog
+    return {"experiments": await asyncio.to_thread(catalog, call.daemon.loader)}
+# ---- end of the experiment catalog --------------------------------------------------

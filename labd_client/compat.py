@@ -20,7 +20,7 @@ from .client import Client
 from .paths import HOW_TO_CHOOSE, cache_dir
 from .protocol import LabdError, WAIT_FOREVER_S
 from .results import JobResult
-from .views import QueueView, format_queue
+from .views import QueueView, format_queue, safe
 
 _warned: set[str] = set()
 
@@ -111,7 +111,7 @@ class JobClient(Client):
         return self.queue(user=user)
 
     def print_queue(self, user: str | None = None) -> None:
-        print(format_queue(self.queue(user=user)))
+        print(safe(format_queue(self.queue(user=user))))
 
     def get_output(self, job_id: str, offset: int = 0) -> dict[str, Any]:
         """The job's output from line ``offset``: ``lines``, ``output`` (the same as text),

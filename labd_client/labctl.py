@@ -9,12 +9,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import protocol as errors
 from .client import Client
 from .results import JobResult
-from .views import format_job_line, format_queue
+from .views import format_job_line, format_queue, safe
 
 EXIT_CODES = {errors.InvalidParams: 2, errors.MethodNotFound: 2, errors.NotFound: 3,
               errors.PermissionDenied: 4, errors.Conflict: 5, errors.LimitExceeded: 5,
@@ -46,6 +46,40 @@ def load_expt_config(path: Path | None, pairs: list[str]) -> dict[str, Any]:
     return cfg
 
 
+def resolve_experiment(c: Client, name: str) -> tuple[str, str]:
+    """``module.Class``, or a bare class name that is unique in the daemon's catalog."""
+    if "." in name:
+        module, _, cls = name.rpartition(".")
+        return module, cls
+    cat = c.experiments()
+    found = [e for e in cat if e["class"] == name]
+    if len(found) == 1:
+        return found[0]["module"], name
+    if found:
+        raise ValueError(f"{name} is in several modules; give one of: "
+                         + ", ".join(f"{e['module']}.{name}" for e in found))
+    import difflib
+    close = difflib.get_close_matches(name, [e["class"] for e in cat], n=5, cutoff=0.5)
+    hint = "; did you mean " + ", ".join(
+        f"{e['module']}.{e['class']}" for e in cat if e["class"] in close) if close else ""
+    raise ValueError(f"no experiment class {name!r}{hint}? (labctl experiments lists them)")
+
+
+def format_catalog(cat: list[dict[str, Any]]) -> str:
+    out = []
+    for e in cat:
+        doc = (e["doc"] or "").strip().splitlines()
+        out.append(f"{e['module']}.{e['class']}" + ("" if e["has_analysis"] else
+                                                    "  (no analysis)"))
+        if doc:
+            out.append(f"    {doc[0]}")
+        for f in e["fields"]:
+            default = "(required)" if f["required"] else json.dumps(f["default"])
+            out.append(f"    {f['name']:<14} {f['type']:<16} {default:<10} "
+                       f"{f['unit'] or '':<6} {f['description'] or ''}".rstrip())
+    return "\n".join(out) or "(no experiments)"
+
+
 def _show(j: JobResult) -> str:
     rows = [("job", j.job_id), ("status", j.status), ("user", f"{j.user} ({j.os_user})"),
             ("experiment", f"{j.experiment_module}.{j.experiment_class}"),
@@ -58,24 +92,45 @@ def _show(j: JobResult) -> str:
     return "\n".join(f"{k:>11}: {v}" for k, v in rows if v is not None)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as JSON too when the command line asks for --json (exit code 2)."""
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            _json_error("UsageError", message, 2)
+            sys.exit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="labctl", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--socket", help="labd socket (default: $LABD_SOCKET, your own daemon, "
-                    "or the system one)")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    ap = _Parser(prog="labctl", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--socket", metavar="PATH", help="labd socket path (default: "
+                    "$LABD_SOCKET, your own daemon, or the system one)")
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output; errors "
+                        "too, as {\"error\": {...}} on stdout, same exit codes")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    job = "job ID, e.g. JOB-20260124-00001"
 
     sub.add_parser("health", parents=[common], help="daemon status")
+    sub.add_parser("experiments", parents=[common], help="experiment classes you can submit, "
+                   "with their config fields, defaults and units")
     s = sub.add_parser("submit", parents=[common], help="queue a job")
-    s.add_argument("experiment", help="module.Class, e.g. "
-                   "experiments.single_qubit.t1.T1Experiment")
-    s.add_argument("-c", "--config-file", type=Path, help="expt config (JSON or YAML)")
-    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--priority", type=int)
+    s.add_argument("experiment", help="module.Class, e.g. experiments.single_qubit.t1."
+                   "T1Experiment, or a class name alone if it is unique (labctl experiments)")
+    s.add_argument("-c", "--config-file", type=Path, metavar="FILE",
+                   help="expt config (JSON or YAML), values in the units labctl "
+                   "experiments shows")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="one expt config value (YAML), in the unit labctl experiments "
+                   "shows, e.g. -p step=0.5 (us for T1)")
+    s.add_argument("--priority", type=int, metavar="N", help="integer, higher runs first "
+                   "(default 0; above the cap needs an admin)")
     s.add_argument("--user", help="display name (default: your login)")
-    s.add_argument("--time-limit", type=float, metavar="SECONDS")
+    s.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop the job after this many seconds")
     s.add_argument("--pin", action="append", default=[], metavar="TYPE=VERSION_ID",
                    help="run with this config version instead of main")
     s.add_argument("--after", metavar="JOB_ID", help="run only once that job completed")
@@ -84,88 +139,102 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hold", action="store_true", help="queue it held (labctl release)")
     s.add_argument("--wait", action="store_true", help="wait for the job to end")
     q = sub.add_parser("queue", parents=[common], help="running and pending jobs")
-    q.add_argument("--user")
+    q.add_argument("--user", help="display name to filter by")
     q.add_argument("--mine", action="store_true", help="only jobs of your login")
     s = sub.add_parser("show", parents=[common], help="one job")
-    s.add_argument("job_id")
+    s.add_argument("job_id", help=job)
     s = sub.add_parser("wait", parents=[common], help="wait until a job ends")
-    s.add_argument("job_id")
-    s.add_argument("--timeout", type=float)
-    s.add_argument("--progress", action="store_true")
+    s.add_argument("job_id", help=job)
+    s.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="give up after this many seconds (exit 7)")
+    s.add_argument("--progress", action="store_true", help="show a progress bar")
     s = sub.add_parser("cancel", parents=[common], help="cancel a job (pending or running)")
-    s.add_argument("job_id", nargs="?")
-    s.add_argument("--batch", help="cancel every job of a batch")
+    s.add_argument("job_id", nargs="?", help=job)
+    s.add_argument("--batch", metavar="BATCH_ID", help="cancel every job of a batch")
     s.add_argument("--user", dest="cancel_user", metavar="LOGIN",
                    help="cancel every job of an account (yours; anyone's as admin)")
     for name, helptext in (("hold", "keep a pending job from starting"),
                            ("release", "let a held job run"),
                            ("retry", "submit a failed or cancelled job again")):
         s = sub.add_parser(name, parents=[common], help=helptext)
-        s.add_argument("job_id")
+        s.add_argument("job_id", help=job)
     s = sub.add_parser("priority", parents=[common], help="change a pending job's priority "
                        "(owners may lower, admins may raise)")
-    s.add_argument("job_id")
-    s.add_argument("priority", type=int)
+    s.add_argument("job_id", help=job)
+    s.add_argument("priority", type=int, metavar="N", help="integer, higher runs first")
     sub.add_parser("pause", parents=[common], help="admins: start no new jobs")
     sub.add_parser("resume", parents=[common], help="admins: start jobs again")
     s = sub.add_parser("watch", parents=[common], help="live view of running job, queue, "
-                       "history")
+                       "history; reconnects when labd restarts")
     s.add_argument("--user", help="display name to filter by")
     s.add_argument("--mine", action="store_true", help="only jobs of your login")
     s.add_argument("--once", action="store_true", help="print one frame and exit")
     s = sub.add_parser("completion", help="print a shell completion script")
     s.add_argument("shell", choices=["bash"])
     h = sub.add_parser("history", parents=[common], help="past and present jobs, newest first")
-    h.add_argument("--user")
-    h.add_argument("--os-user")
+    h.add_argument("--user", help="display name to filter by")
+    h.add_argument("--os-user", metavar="LOGIN", help="login to filter by")
     h.add_argument("--status", choices=["pending", "running", "completed", "failed",
                                         "cancelled"])
-    h.add_argument("--experiment", help="experiment class name")
-    h.add_argument("--batch")
-    h.add_argument("--since", help="ISO-8601 UTC time, e.g. 2026-11-24")
-    h.add_argument("--limit", type=int, default=20)
-    h.add_argument("--cursor", type=int, help="next_cursor of the previous page")
+    h.add_argument("--experiment", metavar="CLASS", help="experiment class name")
+    h.add_argument("--batch", metavar="BATCH_ID")
+    h.add_argument("--since", metavar="TIME", help="ISO-8601 time, UTC unless it has an "
+                   "offset, e.g. 2026-11-24")
+    h.add_argument("--limit", type=int, default=20, metavar="N",
+                   help="number of jobs per page (default 20)")
+    h.add_argument("--cursor", type=int, metavar="N", help="next_cursor of the previous page")
     s = sub.add_parser("logs", parents=[common], help="a job's log")
-    s.add_argument("job_id")
+    s.add_argument("job_id", help=job)
     s.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     s = sub.add_parser("rerun", parents=[common], help="submit again with the same "
                        "config versions and expt config")
-    s.add_argument("job_id")
+    s.add_argument("job_id", help=job)
 
     c = sub.add_parser("config", help="versioned physics configs")
     csub = c.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
+    ctype = "config type, e.g. hardware_config (labctl config types)"
+    version = "version ID, e.g. CFG-HW-20260124-00001"
     s = csub.add_parser("push", parents=[common], help="snapshot a file and make it main")
-    s.add_argument("type")
+    s.add_argument("type", help=ctype)
     s.add_argument("file", type=Path)
     s.add_argument("-m", "--message")
     s.add_argument("--expect", metavar="VERSION_ID", help="refuse if main is not this")
     s = csub.add_parser("pull", parents=[common], help="print main (or save with -o)")
-    s.add_argument("type")
-    s.add_argument("-o", "--output", type=Path)
+    s.add_argument("type", help=ctype)
+    s.add_argument("-o", "--output", type=Path, metavar="FILE")
     s = csub.add_parser("list", parents=[common], help="versions of a type")
-    s.add_argument("type")
-    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("type", help=ctype)
+    s.add_argument("--limit", type=int, default=50, metavar="N",
+                   help="number of versions (default 50)")
     s = csub.add_parser("show", parents=[common], help="one version with content")
-    s.add_argument("version_id")
+    s.add_argument("version_id", help=version)
     s = csub.add_parser("set-main", parents=[common], help="make a version main")
-    s.add_argument("type")
-    s.add_argument("version_id")
+    s.add_argument("type", help=ctype)
+    s.add_argument("version_id", help=version)
     s = csub.add_parser("history", parents=[common], help="who set main when")
-    s.add_argument("type")
-    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("type", help=ctype)
+    s.add_argument("--limit", type=int, default=50, metavar="N",
+                   help="number of entries (default 50)")
     s = csub.add_parser("diff", parents=[common], help="unified diff of two versions")
-    s.add_argument("a")
-    s.add_argument("b")
+    s.add_argument("a", help=version)
+    s.add_argument("b", help=version)
     csub.add_parser("verify", parents=[common], help="check every snapshot's SHA256")
     csub.add_parser("types", parents=[common], help="config types and their main versions")
     return ap
 
 
+def _json_error(kind: str, message: str, exit_code: int, code: int | None = None) -> None:
+    print(json.dumps({"error": {"type": kind, "message": message, "code": code,
+                                "exit_code": exit_code}}))
+
+
 def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+    """``--json`` prints the data exactly; people get text with control characters
+    escaped (a job's log or error could otherwise drive their terminal)."""
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, default=str))
     elif text:
-        print(text)
+        print(safe(text))
 
 
 def _job_exit(j: JobResult) -> int:
@@ -181,10 +250,12 @@ def run(args: argparse.Namespace, c: Client) -> int:
              f"running: {run_['job_id'] if run_ else 'none'}, up {h['uptime_s']:.0f} s, "
              f"{h['hardware']} hardware, you are {h['you']}{' (admin)' if h['admin'] else ''}")
         return 0
+    if cmd == "experiments":
+        cat = c.experiments()
+        _out(args, cat, format_catalog(cat))
+        return 0
     if cmd == "submit":
-        module, _, cls = args.experiment.rpartition(".")
-        if not module:
-            raise ValueError("experiment must be module.Class")
+        module, cls = resolve_experiment(c, args.experiment)
         pins = dict(p.split("=", 1) for p in args.pin)
         job_id = c.submit(cls, module, load_expt_config(args.config_file, args.param),
                           user=args.user, priority=args.priority,
@@ -253,7 +324,7 @@ def run(args: argparse.Namespace, c: Client) -> int:
     if cmd == "logs":
         if args.follow:
             for text in c.follow_logs(args.job_id):
-                sys.stdout.write(text)
+                sys.stdout.write(text if args.json else safe(text))
                 sys.stdout.flush()
             return 0
         offset, chunks = 0, []
@@ -322,37 +393,43 @@ def run_config(args: argparse.Namespace, c: Client) -> int:
     return 0
 
 
+def _fail(args: argparse.Namespace | None, exc: BaseException, exit_code: int) -> int:
+    """One error, as JSON on stdout with --json, else a line on stderr."""
+    message = exc.message if isinstance(exc, errors.LabdError) else str(exc)
+    if _Parser.json_errors:
+        _json_error(type(exc).__name__, message, exit_code,
+                    None if isinstance(exc, errors.ConnectionFailed) or not isinstance(
+                        exc, errors.LabdError) else exc.code)
+    else:
+        print(f"labctl: {safe(message)}", file=sys.stderr)
+    return exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _Parser.json_errors = "--json" in argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd == "completion":
         from .completion import bash_script
         print(bash_script(parser), end="")
         return 0
-    if args.cmd == "watch":
-        import asyncio
-        from .watch import watch
-        try:
+    try:
+        if args.cmd == "watch":
+            import asyncio
+            from .watch import watch
             os_user = None
             if args.mine:
                 with Client(args.socket) as c:
                     os_user = c.health()["you"]
             asyncio.run(watch(args.socket, args.user, os_user, args.once, args.json))
             return 0
-        except errors.LabdError as exc:
-            print(f"labctl: {exc.message}", file=sys.stderr)
-            return EXIT_CODES.get(type(exc), 8)
-        except KeyboardInterrupt:
-            return 0
-    try:
         with Client(args.socket) as c:
             return run(args, c)
     except errors.LabdError as exc:
-        print(f"labctl: {exc.message}", file=sys.stderr)
-        return EXIT_CODES.get(type(exc), 8)
+        return _fail(args, exc, EXIT_CODES.get(type(exc), 8))
     except (ValueError, OSError) as exc:
-        print(f"labctl: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, exc, 2)
     except KeyboardInterrupt:
         return 130
 

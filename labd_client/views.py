@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 from .results import JobResult
@@ -92,3 +93,13 @@ class JobList(list):
 
     def __str__(self) -> str:
         return "\n".join(format_job_line(j) for j in self)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str) -> str:
+    """Text for a terminal: control characters (escape sequences, carriage returns, bidi
+    overrides) shown as ``\\x1b``-style escapes so job names, users, log lines and error
+    messages cannot drive the terminal. Newlines and tabs stay."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)

@@ -11,8 +11,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from .async_client import AsyncClient
-from .views import fmt_duration, format_job_line, format_queue
+from .async_client import DISCONNECTED, LOST, AsyncClient
+from .protocol import ConnectionFailed, backoff
+from .views import fmt_duration, format_job_line, format_queue, safe
 
 
 def render(q: dict[str, Any], history: list, since_fetch: float, user: str | None,
@@ -40,36 +41,70 @@ def render(q: dict[str, Any], history: list, since_fetch: float, user: str | Non
 async def watch(socket_path: str | None, user: str | None = None,
                 os_user: str | None = None, once: bool = False, as_json: bool = False,
                 out: TextIO = sys.stdout) -> None:
-    async with AsyncClient(socket_path) as c:
-        await c.subscribe(["job", "progress", "queue"])
-        refetch = True
+    """Runs until interrupted. When labd goes away it shows "disconnected" and reconnects
+    with backoff; after a restart it shows the new state (``--once`` fails instead)."""
+    c = AsyncClient(socket_path)
+    delay = None
+    try:
         while True:
-            if refetch:
-                q = await c.queue(user=user, os_user=os_user, limit=500)
-                history = await c.history(user=user, os_user=os_user, limit=8)
-                fetched = time.monotonic()
-                refetch = False
-            if as_json:
-                out.write(json.dumps({"queue": q, "history": [j.raw for j in history]}) + "\n")
-            else:
-                size = shutil.get_terminal_size((120, 40))
-                frame = render(q, history, time.monotonic() - fetched, user or os_user,
-                               size.columns, size.lines)
-                out.write(frame + "\n" if once else "\x1b[H\x1b[2J" + frame)
-            out.flush()
-            if once:
-                return
             try:
-                ev = await asyncio.wait_for(c.events.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                continue  # local tick: elapsed time and ETAs move on
-            await asyncio.sleep(0.05)  # let a burst of events arrive, then redraw once
-            events = [ev]
-            while not c.events.empty():
-                events.append(c.events.get_nowait())
-            for e in events:
-                if e.get("type") == "progress" and q.get("running") and \
-                        q["running"]["job_id"] == e["job_id"]:
-                    q["running"]["progress"] = e["progress"]
-                else:
-                    refetch = True
+                await c.connect()
+                while not c.events.empty():  # a stale "disconnected" from the last link
+                    c.events.get_nowait()
+                await c.subscribe(["job", "progress", "queue"])
+                delay = None
+                await _view(c, user, os_user, once, as_json, out)
+                return
+            except ConnectionFailed as exc:
+                if once:
+                    raise
+                _show(out, as_json, {"disconnected": True, "error": exc.message},
+                      f"labd watch  DISCONNECTED: {exc.message}\nreconnecting ...")
+            await c.close()
+            delay = backoff(delay)
+            await asyncio.sleep(delay)  # reconnect backoff while labd restarts
+    finally:
+        await c.close()
+
+
+def _show(out: TextIO, as_json: bool, data: dict[str, Any], text: str,
+          once: bool = False) -> None:
+    if as_json:
+        out.write(json.dumps(data) + "\n")
+    else:
+        out.write(safe(text) + "\n" if once else "\x1b[H\x1b[2J" + safe(text))
+    out.flush()
+
+
+async def _view(c: AsyncClient, user: str | None, os_user: str | None, once: bool,
+                as_json: bool, out: TextIO) -> None:
+    """Draw until the connection is lost (raises ConnectionFailed) or, with once, once."""
+    refetch = True
+    while True:
+        if refetch:
+            q = await c.queue(user=user, os_user=os_user, limit=500)
+            history = await c.history(user=user, os_user=os_user, limit=8)
+            fetched = time.monotonic()
+            refetch = False
+        size = shutil.get_terminal_size((120, 40))
+        _show(out, as_json, {"queue": q, "history": [j.raw for j in history]},
+              "" if as_json else render(q, history, time.monotonic() - fetched,
+                                        user or os_user, size.columns, size.lines), once)
+        if once:
+            return
+        try:
+            ev = await asyncio.wait_for(c.events.get(), timeout=1.0)
+        except asyncio.TimeoutError:
+            continue  # local tick: elapsed time and ETAs move on
+        await asyncio.sleep(0.05)  # let a burst of events arrive, then redraw once
+        events = [ev]
+        while not c.events.empty():
+            events.append(c.events.get_nowait())
+        for e in events:
+            if e == DISCONNECTED:
+                raise ConnectionFailed(LOST)
+            if e.get("type") == "progress" and q.get("running") and \
+                    q["running"]["job_id"] == e["job_id"]:
+                q["running"]["progress"] = e["progress"]
+            else:
+                refetch = True
