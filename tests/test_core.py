@@ -299,23 +299,6 @@ def asyncio_wait_for(aw, timeout):
     return asyncio.wait_for(aw, timeout)
 
 
-def test_job_client_predecessor_calls(daemon, capsys):
-    from labd_client import JobClient
-    with JobClient(daemon.socket) as jc:
-        assert jc.health_check()["status"] == "ok"
-        job_id = jc.submit_job("NoOpExperiment", "experiments.diagnostics.noop", {},
-                               user="bob", priority=1)
-        res = jc.wait_for_completion(job_id, timeout=30, show_progress=True)
-        assert res.is_successful() and res.is_done() and res.data_file_path
-        assert jc.get_status(job_id).status == "completed"
-        assert any(r.job_id == job_id for r in jc.get_history(user="bob", limit=10))
-        jc.print_queue()
-        assert "RUNNING" in capsys.readouterr().out
-        assert "<table>" in res._repr_html_()
-        with pytest.raises(Conflict):
-            jc.cancel_job(job_id)
-
-
 def test_cancel_right_after_submit_always_lands(client):
     """A cancel may arrive while the dispatcher is committing the job's claim."""
     for _ in range(20):
