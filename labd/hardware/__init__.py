@@ -22,4 +22,4 @@ def make_board(settings: Settings):
         return PyroBoard(settings.pyro)
     from .simulated import SimulatedBoard
     return SimulatedBoard(load_soccfg_dict(settings.soccfg_path),
-                          shot_time_s=settings.mock_shot_time_s)
+                          speed=settings.mock_speed)

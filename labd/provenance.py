@@ -1,0 +1,150 @@
+"""Code provenance of a job: a content hash of the whole experiment package it imported and
+the git revision of the checkout holding it (+"-dirty" when the package differs from HEAD).
+
+Both are cached by file identity (mtime_ns, size, inode): a file is re-read only when its
+identity changes, and git runs once per change of the package or the repository's
+HEAD/index, never per job. HEAD and refs are read from ``.git`` directly."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+FileId = tuple[int, int, int]  # mtime_ns, size, inode
+
+
+def file_id(st: os.stat_result) -> FileId:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass(frozen=True)
+class PackageState:
+    sha256: str                  # over sorted relative paths + file hashes
+    files: dict[str, str]        # relative path -> sha256 of the file
+
+
+class PackageHasher:
+    """Hashes every ``.py`` file under a package root, re-reading only changed files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._files: dict[str, tuple[FileId, str]] = {}
+        self.state: PackageState | None = None
+
+    def scan(self) -> PackageState:
+        files: dict[str, str] = {}
+        changed = False
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in filenames:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, self.root)
+                try:
+                    ident = file_id(os.stat(path))
+                except FileNotFoundError:
+                    continue
+                known = self._files.get(rel)
+                if known is None or known[0] != ident:
+                    with open(path, "rb") as fh:
+                        digest = hashlib.sha256(fh.read()).hexdigest()
+                    self._files[rel] = (ident, digest)
+                    changed = changed or known is None or known[1] != digest
+                files[rel] = self._files[rel][1]
+        for rel in set(self._files) - set(files):
+            del self._files[rel]
+        if self.state is None or changed or files.keys() != self.state.files.keys():
+            h = hashlib.sha256()
+            for rel in sorted(files):
+                h.update(f"{rel}\0{files[rel]}\n".encode())
+            self.state = PackageState(h.hexdigest(), files)
+        return self.state
+
+
+def _git_dirs(start: Path) -> tuple[Path, Path, Path] | None:
+    """(work tree, git dir, common dir) of the checkout containing ``start``; follows the
+    ``.git`` file of a linked worktree."""
+    for d in (start, *start.parents):
+        dot = d / ".git"
+        if dot.is_dir():
+            return d, dot, dot
+        if dot.is_file():
+            text = dot.read_text().strip()
+            if not text.startswith("gitdir:"):
+                return None
+            gitdir = (d / text.split(":", 1)[1].strip()).resolve()
+            common = gitdir
+            if (gitdir / "commondir").is_file():
+                common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+            return d, gitdir, common
+    return None
+
+
+def _read_ref(gitdir: Path, common: Path, ref: str) -> str | None:
+    for base in (gitdir, common):
+        p = base / ref
+        if p.is_file():
+            return p.read_text().strip()
+    packed = common / "packed-refs"
+    if packed.is_file():
+        for line in packed.read_text().splitlines():
+            if line.endswith(" " + ref) and not line.startswith(("#", "^")):
+                return line.split(" ", 1)[0]
+    return None
+
+
+def _stat_id(path: Path) -> FileId | None:
+    try:
+        return file_id(path.stat())
+    except OSError:
+        return None
+
+
+class GitRevision:
+    """HEAD of the checkout holding a package, "-dirty" if the package has changes.
+
+    HEAD and refs are read from files; ``git status`` runs only when HEAD, the index or the
+    package's content changed since the last answer."""
+
+    def __init__(self, package_root: Path) -> None:
+        self.package_root = package_root
+        self.dirs = _git_dirs(package_root)
+        self._key: tuple | None = None
+        self._rev: str | None = None
+
+    def head(self) -> str | None:
+        if self.dirs is None:
+            return None
+        _, gitdir, common = self.dirs
+        try:
+            head = (gitdir / "HEAD").read_text().strip()
+        except OSError:
+            return None
+        if head.startswith("ref:"):
+            return _read_ref(gitdir, common, head[4:].strip())
+        return head or None
+
+    def revision(self, package_sha256: str) -> str | None:
+        head = self.head()
+        if head is None:
+            return None
+        _, gitdir, _ = self.dirs  # type: ignore[misc]
+        key = (head, _stat_id(gitdir / "index"), package_sha256)
+        if key != self._key:
+            self._rev = head + ("-dirty" if self._dirty() else "")
+            self._key = key
+        return self._rev
+
+    def _dirty(self) -> bool:
+        work = self.dirs[0]  # type: ignore[index]
+        try:
+            out = subprocess.run(["git", "-C", str(work), "status", "--porcelain",
+                                  "--untracked-files=normal", "--", str(self.package_root)],
+                                 capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return out.returncode == 0 and any(
+            line[3:].endswith(".py") for line in out.stdout.splitlines())
