@@ -203,6 +203,10 @@ class Executor:
                 "started_at": spec.started_at, "saved_at": utcnow(),
                 "config_versions": {n: c["version_id"] for n, c in contents.items()},
                 "module_sha256": loaded.sha256, "module_git_rev": out.module_git_rev,
+                # units + package provenance (dropin-experiments): the unit of every
+                # expt key and data key, and the hash/revision of the whole package
+                "expt_units": exp.expt_units(), "data_units": exp.data_units(),
+                "package_sha256": loaded.package_sha256,
                 "labd_version": __version__, "setpoint": setpoint,
                 "hardware": self.board.describe(),
                 "nonfinite_keys": [k for k, a in data.items()
