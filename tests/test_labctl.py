@@ -1,9 +1,15 @@
 """labctl as a person or a script uses it: real subprocesses, --json, exit codes."""
 from __future__ import annotations
 
+import argparse
 import json
+import queue
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -101,3 +107,115 @@ def test_config_commands(labctl, tmp_path):
     old = hist["history"][1]["version_id"]
     assert "+# tuned" in labctl("config", "diff", old, new).stdout
     assert labctl("config", "set-main", "multiphoton_config", old).returncode == 0
+
+
+# ---- discoverability ------------------------------------------------------------------
+def test_experiments_table_and_json(labctl):
+    r = labctl("experiments")
+    assert r.returncode == 0
+    block = re.search(r"^experiments\.single_qubit\.t1\.T1Experiment\n((?: .*\n)+)",
+                      r.stdout, re.M)
+    assert block and re.search(r"^ +step +float +\S+ +us +\S", block.group(1), re.M), r.stdout
+    cat = json.loads(labctl("experiments", "--json").stdout)
+    t1 = next(e for e in cat if e["class"] == "T1Experiment")
+    assert {f["name"]: f["unit"] for f in t1["fields"]}["start"] == "us"
+
+
+def test_submit_by_bare_class_name(labctl):
+    r = labctl("submit", "T1Experiment", "-p", "expts=5", "-p", "reps=10", "--wait", "--json")
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout)
+    assert (job["experiment_module"], job["status"]) == ("experiments.single_qubit.t1",
+                                                         "completed")
+    r = labctl("submit", "NoOpExperiment")  # also in labtest_experiments.hostile
+    assert r.returncode == 2
+    assert "experiments.diagnostics.noop.NoOpExperiment" in r.stderr
+    assert "labtest_experiments.hostile.NoOpExperiment" in r.stderr
+    r = labctl("submit", "T1Experimnt")
+    assert r.returncode == 2 and "experiments.single_qubit.t1.T1Experiment" in r.stderr
+
+
+# ---- scripts: JSON errors -------------------------------------------------------------
+def test_json_errors_keep_exit_codes(labctl, tmp_path):
+    def err(r: subprocess.CompletedProcess) -> dict:
+        return json.loads(r.stdout)["error"]
+    r = labctl("show", "JOB-20000101-00001", "--json")
+    assert r.returncode == 3 and err(r)["type"] == "NotFound" and err(r)["exit_code"] == 3
+    r = labctl("show", "--json")  # usage error from argparse
+    assert r.returncode == 2 and "job_id" in err(r)["message"]
+    r = labctl("submit", "os.System", "--json")
+    assert r.returncode == 2 and "allowed package" in err(r)["message"]
+    r = subprocess.run([sys.executable, "-m", "labd_client.labctl", "--socket",
+                        str(tmp_path / "none.sock"), "queue", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 6 and str(tmp_path / "none.sock") in err(r)["message"]
+
+
+def test_every_option_help_says_its_unit():
+    from labd_client.labctl import build_parser
+    seen = 0
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        nonlocal seen
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for p in a.choices.values():
+                    walk(p)
+            elif a.type in (int, float):
+                seen += 1
+                assert a.help and re.search(r"seconds|integer|number of", a.help), a.dest
+    walk(build_parser())
+    assert seen >= 6
+
+
+# ---- terminal safety ------------------------------------------------------------------
+def test_human_output_escapes_control_characters(labctl):
+    r = labctl("submit", "labtest_experiments.hostile.EscapeInOutput", "--wait")
+    assert r.returncode == 1
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "error \\x1b]0;pwned\\x07 end" in r.stdout
+    job_id = json.loads(labctl("history", "--experiment", "EscapeInOutput", "--json")
+                        .stdout)["jobs"][0]["job_id"]
+    for args in (("logs", job_id), ("logs", job_id, "-f"), ("history", "--limit", "3"),
+                 ("show", job_id)):
+        out = labctl(*args).stdout
+        assert "\x1b" not in out and "\x07" not in out and "pwned" in out, args
+    assert "log line \x1b]0;pwned\x07 end" in json.loads(labctl("logs", job_id,
+                                                                "--json").stdout)["text"]
+    assert json.loads(labctl("show", job_id, "--json").stdout)["error_message"] \
+        .endswith("error \x1b]0;pwned\x07 end")
+
+
+# ---- watch across a restart -----------------------------------------------------------
+def test_watch_shows_disconnected_and_the_state_after_a_restart(make_daemon):
+    from labd_client import Client
+    d = make_daemon()
+    proc = subprocess.Popen([sys.executable, "-m", "labd_client.labctl", "--socket",
+                             str(d.socket), "watch", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+
+    def next_frame(pred, what: str) -> dict:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                frame = json.loads(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+            if pred(frame):
+                return frame
+        raise AssertionError(f"watch never showed {what}")
+    try:
+        next_frame(lambda f: "queue" in f, "a first frame")
+        d.kill()
+        next_frame(lambda f: f.get("disconnected"), "disconnected")
+        d.start()
+        with Client(d.socket) as c:
+            job_id = c.submit("NoOpExperiment", "experiments.diagnostics.noop", hold=True)
+        next_frame(lambda f: any(j["job_id"] == job_id
+                                 for j in f.get("queue", {}).get("waiting", [])),
+                   "the job submitted after the restart")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
