@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import threading
 import time
 from collections import deque
 from typing import Any, Callable, Iterator
@@ -31,6 +32,7 @@ class Client:
         self._conv = Conversation()
         self._events: deque[dict[str, Any]] = deque()
         self._subscription: dict[str, Any] | None = None
+        self._lock = threading.RLock()  # one exchange at a time if threads share a client
 
     # ---- connection -----------------------------------------------------------------
     def connect(self) -> None:
@@ -76,6 +78,12 @@ class Client:
         ``on_event`` or the buffer). With ``method=None``, read until one event arrives.
         Anything but a complete exchange (timeout, lost connection, Ctrl-C) closes the
         connection, so no half-read reply or server-side wait outlives the call."""
+        with self._lock:
+            return self._exchange_locked(method, params, timeout, on_event)
+
+    def _exchange_locked(self, method: str | None, params: dict[str, Any] | None,
+                         timeout: float | None,
+                         on_event: Callable[[dict[str, Any]], None] | None) -> Any:
         self.connect()
         assert self._sock is not None
         deliver = on_event or self._events.append

@@ -159,6 +159,7 @@ class ConfigVersion:
     checksum: str | None = None
     message: str | None = None
     _client: Client | None = field(default=None, repr=False, compare=False)
+    _content: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def original_filename(self) -> str:
@@ -167,12 +168,17 @@ class ConfigVersion:
 
     @property
     def snapshot_path(self) -> Path:
-        path = cache_dir() / "configs" / f"{self.version_id}{_ext(self.config_type)}"
+        # the checksum in the name: another daemon (a test one) may reuse the version ID
+        path = cache_dir() / "configs" / (f"{self.version_id}.{(self.checksum or '')[:12]}"
+                                          f"{_ext(self.config_type)}")
         if not path.exists():
-            assert self._client is not None
-            content = self._client.config_show(self.version_id)["content"]
+            content = self._content
+            if content is None:
+                assert self._client is not None
+                content = self._client.config_show(self.version_id)["content"]
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
+            tmp = path.parent / f".{path.name}.{os.getpid()}.part"
+            tmp.unlink(missing_ok=True)  # a read-only leftover of an interrupted write
             tmp.write_text(content)
             tmp.chmod(0o444)
             tmp.replace(path)
@@ -196,7 +202,8 @@ class ConfigVersionManager:
         return ConfigVersion(version_id=v["version_id"], config_type=str(config_type),
                              created_at=v.get("created_at", ""),
                              created_by=v.get("created_by"), checksum=v.get("sha256"),
-                             message=v.get("message"), _client=self.client)
+                             message=v.get("message"), _client=self.client,
+                             _content=v.get("content"))
 
     def push_config_to_main(self, config_type: str, source_path: str | Path,
                             session: Any = None,

@@ -3,21 +3,17 @@ Ctrl-C, restarts, the cannot-connect message, the experiment catalog."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from labd_client import Client, ConnectionFailed
 
 SLEEP = ("SleepExperiment", "experiments.diagnostics.sleep")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def until(predicate, timeout: float = 20.0, what: str = "condition"):

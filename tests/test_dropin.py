@@ -448,12 +448,15 @@ def test_server_url_is_accepted_and_says_where_labd_is(daemon):
 
 
 def test_runner_calls(client, capsys):
+    import labd_client.compat as compat
+    compat._warned.discard("program")
     jc = JobClient()
     station = yaml.safe_load(client.config_pull("hardware_config")["content"])
     station["device"]["note"] = f"station {time.time_ns()}"
-    job_id = jc.submit_job(*SLEEP, {"seconds": 0.3, "steps": 3}, user="runner",
-                           station_config=json.dumps(station),
-                           program_class="X", program_module="y")
+    with pytest.warns(UserWarning, match="program_class/program_module are ignored"):
+        job_id = jc.submit_job(*SLEEP, {"seconds": 0.3, "steps": 3}, user="runner",
+                               station_config=json.dumps(station),
+                               program_class="X", program_module="y")
     res = jc.wait_for_completion(job_id, poll_interval=0.5, timeout=30, verbose=True,
                                  stream_output=True)
     out = capsys.readouterr().out
