@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         return _fail(args, exc, 2)
     except KeyboardInterrupt:
-        return 130
+        return 0 if args.cmd == "watch" else 130  # Ctrl-C is how one leaves watch
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ async def watch(socket_path: str | None, user: str | None = None,
                 if once:
                     raise
                 _show(out, as_json, {"disconnected": True, "error": exc.message},
-                      f"labd watch  DISCONNECTED: {exc.message}\nreconnecting ...")
+                      f"labd watch  {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC  "
+                      f"DISCONNECTED: {exc.message}\nreconnecting ...")
             await c.close()
             delay = backoff(delay)
             await asyncio.sleep(delay)  # reconnect backoff while labd restarts
