@@ -231,3 +231,44 @@ def test_ramsey_fit_recovers_t2_whatever_the_fringe_sign():
         fit = fit_decaying_cos(x, y + rng.normal(0, 0.02, x.size))
         assert fit["tau"] == pytest.approx(30, rel=0.15), i
         assert fit["freq"] == pytest.approx(0.1, rel=0.02), i
+
+
+def test_predecessor_rabi_through_the_daemon_records_units(client):
+    """The predecessor README's Rabi call, as written: DAC gains accepted, the fit in DAC,
+    and every unit in the data file (xpts on the dataset, expt keys in expt_units)."""
+    cfg = {"start": 0, "step": 100, "expts": 50, "reps": 1000, "rounds": 1, "qubits": [0],
+           "sigma_test": 0.035, "pulse_type": "gauss"}
+    job = client.wait(client.submit("AmplitudeRabiExperiment", SQ + "amplitude_rabi", cfg),
+                      timeout=60)
+    assert job.status == "completed", job.error_message
+    assert job.results["pi_gain"] == pytest.approx(DEFAULT_TRUTH["pi_gain"], rel=0.03)
+    with h5py.File(job.data_file_path) as f:
+        assert f["xpts"].attrs["unit"] == "DAC"
+        assert f["xpts"][-1] == 4900
+        units = json.loads(f.attrs["expt_units"])
+        assert units["start"] == units["step"] == "DAC"
+        assert units["sigma_test"] == units["relax_delay"] == "us"
+        assert json.loads(f.attrs["data_units"]) == {"xpts": "DAC"}
+        assert len(f.attrs["package_sha256"]) == 64
+    frac = client.wait(client.submit("AmplitudeRabiExperiment", SQ + "amplitude_rabi",
+                                     {**cfg, "step": 0.003, "gain_unit": "fraction"}),
+                       timeout=60)
+    with h5py.File(frac.data_file_path) as f:
+        assert f["xpts"].attrs["unit"] == "fraction"
+        assert json.loads(f.attrs["expt_units"])["step"] == "fraction"
+    t1 = client.wait(client.submit("T1Experiment", SQ + "t1", {"reps": 10}), timeout=60)
+    with h5py.File(t1.data_file_path) as f:
+        assert f["xpts"].attrs["unit"] == "us"
+
+
+def test_out_of_range_dac_gain_is_refused_at_submit(client):
+    with pytest.raises(InvalidParams, match="above full scale .32766 DAC."):
+        client.submit("AmplitudeRabiExperiment", SQ + "amplitude_rabi",
+                      {"start": 0, "step": 1000, "expts": 50})
+
+
+def test_helper_base_classes_are_refused_at_submit(client):
+    with pytest.raises(InvalidParams, match=r"helper base class \(it does not implement acquire\)"):
+        client.submit("SingleQubitExperiment", SQ + "common", {})
+    with pytest.raises(InvalidParams, match="not an experiment class"):
+        client.submit("Experiment", "experiments.base", {})

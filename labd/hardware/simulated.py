@@ -53,16 +53,18 @@ class SimulatedBoard:
         for r in range(rounds):
             ctx.check_stop()
             if round_time:
-                self._wait(round_time, ctx)
+                self._wait(round_time, ctx, r, rounds)
             total += signal + sigma * (self._rng.standard_normal(signal.shape)
                                        + 1j * self._rng.standard_normal(signal.shape))
             ctx.progress(r + 1, rounds)
         return total / rounds
 
     @staticmethod
-    def _wait(seconds: float, ctx: Any) -> None:
-        """Sleep like a running board, but stay responsive to cancel."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
+    def _wait(seconds: float, ctx: Any, done: int, rounds: int) -> None:
+        """Take a round's time like a running board: checks the stop flag every 20 ms (a
+        cancel is prompt) and reports progress within the round (bars move)."""
+        start = time.monotonic()
+        while (left := seconds - (time.monotonic() - start)) > 0:
             ctx.check_stop()
+            ctx.progress(done + 1 - left / seconds, rounds)
             time.sleep(min(left, 0.02))
