@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import defaults
 from ..settings import Settings
 
-SHIPPED_SOCCFG = Path(__file__).resolve().parents[2] / "configs" / "soccfg_zcu216.json"
+SHIPPED_SOCCFG = defaults.path("soccfg_zcu216.json")
 
 
 def load_soccfg_dict(path: Path | None) -> dict:
