@@ -106,6 +106,7 @@ class ExperimentLoader:
         if pkg is None:
             mod = importlib.import_module(name)
             pkg = _Package(name, Path(next(iter(mod.__path__))).resolve())
+            pkg.git.prefetch(pkg.hasher.state.sha256)  # type: ignore[union-attr]
             self._packages[name] = pkg
         return pkg
 
@@ -154,8 +155,9 @@ class ExperimentLoader:
     def _execute(name: str, path: Path) -> ModuleType:
         """A fresh module object per source version; the old one stays alive for a job
         that still runs it."""
+        parent = None
         if "." in name:
-            importlib.import_module(name.rsplit(".", 1)[0])
+            parent = importlib.import_module(name.rsplit(".", 1)[0])
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -169,6 +171,8 @@ class ExperimentLoader:
             else:
                 sys.modules.pop(name, None)
             raise
+        if parent is not None:  # ``from . import common`` reads the package's attribute
+            setattr(parent, name.rsplit(".", 1)[1], module)
         return module
 
     def _sync(self, pkg: _Package) -> None:
@@ -178,6 +182,7 @@ class ExperimentLoader:
         if new is old:
             return
         pkg.files = new
+        pkg.git.prefetch(pkg.hasher.state.sha256)  # type: ignore[union-attr]
         changed = {pkg.module_name(r) for r in old.keys() | new.keys()
                    if old.get(r) != new.get(r)}
         deps = {pkg.module_name(r): pkg.imports(r) for r in new}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,13 @@ class GitRevision:
         self.dirs = _git_dirs(package_root)
         self._key: tuple | None = None
         self._rev: str | None = None
+        self._lock = threading.Lock()
+
+    def prefetch(self, package_sha256: str) -> None:
+        """Work out the revision on a side thread (after the package changed), so the
+        executor thread finds it cached."""
+        threading.Thread(target=self.revision, args=(package_sha256,), daemon=True,
+                         name="labd-git-rev").start()
 
     def head(self) -> str | None:
         if self.dirs is None:
@@ -133,10 +141,11 @@ class GitRevision:
             return None
         _, gitdir, _ = self.dirs  # type: ignore[misc]
         key = (head, _stat_id(gitdir / "index"), package_sha256)
-        if key != self._key:
-            self._rev = head + ("-dirty" if self._dirty() else "")
-            self._key = key
-        return self._rev
+        with self._lock:
+            if key != self._key:
+                self._rev = head + ("-dirty" if self._dirty() else "")
+                self._key = key
+            return self._rev
 
     def _dirty(self) -> bool:
         work = self.dirs[0]  # type: ignore[index]
