@@ -27,35 +27,55 @@ class PackageState:
 
 
 class PackageHasher:
-    """Hashes every ``.py`` file under a package root, re-reading only changed files."""
+    """Hashes every ``.py`` file under a package root, re-reading only changed files.
+
+    A scan with nothing changed costs one stat per directory and per file: the tree is
+    walked again only when a directory's identity changed (a file added, removed or
+    replaced by an editor's rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._dirs: dict[str, FileId] = {}
+        self._paths: dict[str, str] = {}                # relative -> absolute path
         self._files: dict[str, tuple[FileId, str]] = {}
         self.state: PackageState | None = None
 
+    def _walk(self) -> None:
+        self._dirs, self._paths = {}, {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            self._dirs[dirpath] = file_id(os.stat(dirpath))
+            for name in filenames:
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    self._paths[os.path.relpath(path, self.root)] = path
+
+    def _dirs_changed(self) -> bool:
+        try:
+            return not self._dirs or any(file_id(os.stat(d)) != ident
+                                         for d, ident in self._dirs.items())
+        except FileNotFoundError:
+            return True
+
     def scan(self) -> PackageState:
+        if self._dirs_changed():
+            self._walk()
         files: dict[str, str] = {}
         changed = False
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for name in filenames:
-                if not name.endswith(".py"):
-                    continue
-                path = os.path.join(dirpath, name)
-                rel = os.path.relpath(path, self.root)
-                try:
-                    ident = file_id(os.stat(path))
-                except FileNotFoundError:
-                    continue
-                known = self._files.get(rel)
-                if known is None or known[0] != ident:
-                    with open(path, "rb") as fh:
-                        digest = hashlib.sha256(fh.read()).hexdigest()
-                    self._files[rel] = (ident, digest)
-                    changed = changed or known is None or known[1] != digest
-                files[rel] = self._files[rel][1]
-        for rel in set(self._files) - set(files):
+        for rel, path in self._paths.items():
+            try:
+                ident = file_id(os.stat(path))
+            except FileNotFoundError:
+                self._dirs = {}  # gone since the walk: walk again next time
+                continue
+            known = self._files.get(rel)
+            if known is None or known[0] != ident:
+                with open(path, "rb") as fh:
+                    digest = hashlib.sha256(fh.read()).hexdigest()
+                self._files[rel] = (ident, digest)
+                changed = changed or known is None or known[1] != digest
+            files[rel] = self._files[rel][1]
+        for rel in self._files.keys() - files.keys():
             del self._files[rel]
         if self.state is None or changed or files.keys() != self.state.files.keys():
             h = hashlib.sha256()

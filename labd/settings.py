@@ -79,7 +79,7 @@ class Settings(BaseModel):
     # mock board's wall time per round relative to a real board's (reps x points x shot
     # length): 1 = real time, 0 = instant (tests); the default runs each predecessor README
     # example in a few seconds, so progress bars and ETAs move
-    mock_speed: float = Field(0.2, ge=0, le=100)
+    mock_speed: float = Field(0.1, ge=0, le=100)
     pyro: PyroSettings = PyroSettings()
     setpoint: SetpointSettings = SetpointSettings()
 
