@@ -37,7 +37,8 @@ class SimulatedBoard:
         self._rng = np.random.default_rng(seed)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "simulated", "board": self.soccfg["board"], "truth": self.truth}
+        return {"kind": "simulated", "board": self.soccfg["board"], "truth": self.truth,
+                "speed": self.speed}
 
     def acquire(self, prog: Any, *, rounds: int, ctx: Any,
                 model: Callable[[dict[str, float]], np.ndarray],
