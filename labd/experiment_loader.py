@@ -62,7 +62,8 @@ class _Package:
         self.name, self.root = name, root
         self.hasher = PackageHasher(root)
         self.git = GitRevision(root)
-        self.files = self.hasher.scan().files
+        self.state = self.hasher.scan()
+        self.git.prefetch(self.state.sha256)
 
     def module_name(self, rel: str) -> str:
         parts = rel[:-3].split("/")
@@ -106,7 +107,6 @@ class ExperimentLoader:
         if pkg is None:
             mod = importlib.import_module(name)
             pkg = _Package(name, Path(next(iter(mod.__path__))).resolve())
-            pkg.git.prefetch(pkg.hasher.state.sha256)  # type: ignore[union-attr]
             self._packages[name] = pkg
         return pkg
 
@@ -178,43 +178,21 @@ class ExperimentLoader:
     def _sync(self, pkg: _Package) -> None:
         """Re-execute the package's changed modules and everything importing them,
         dependencies first, so the next job runs the edited code."""
-        old, new = pkg.files, pkg.hasher.scan().files
-        if new is old:
+        state = pkg.hasher.scan()
+        if state is pkg.state:
             return
-        pkg.files = new
-        pkg.git.prefetch(pkg.hasher.state.sha256)  # type: ignore[union-attr]
-        changed = {pkg.module_name(r) for r in old.keys() | new.keys()
-                   if old.get(r) != new.get(r)}
-        deps = {pkg.module_name(r): pkg.imports(r) for r in new}
-        affected = set(changed)
-        while True:
-            more = {m for m, d in deps.items() if d & affected} - affected
-            if not more:
-                break
-            affected |= more
+        old, pkg.state = pkg.state, state
+        pkg.git.prefetch(state.sha256)
         stable = f"{pkg.name}.base"
-        if stable in changed:
-            log.warning("%s changed: it is labd's contract with experiments and is not "
-                        "reloaded; restart labd to use the edit", stable)
-        order: list[str] = []     # dependencies before their importers
-        seen: set[str] = set()
-
-        def visit(m: str) -> None:
-            if m in seen or m not in affected:
-                return
-            seen.add(m)               # before recursing: import cycles end here
-            for d in sorted(deps.get(m, ())):
-                visit(d)
-            order.append(m)
-        for m in sorted(affected):
-            visit(m)
-        for name in order:
+        reloaded = []
+        for name, rel in _reload_order(pkg, old.files, state.files):
             self._cache.pop(name, None)
-            if name == stable or name == pkg.name or name not in sys.modules:
+            if name == stable:
+                log.warning("%s changed: it is labd's contract with experiments and is not "
+                            "reloaded; restart labd to use the edit", stable)
                 continue
-            rel = next((r for r in new if pkg.module_name(r) == name), None)
-            if rel is None or rel.endswith("__init__.py"):
-                continue
+            if name not in sys.modules or rel.endswith("__init__.py"):
+                continue  # never imported: a job's load executes it fresh
             path = pkg.root / rel
             try:
                 st = path.stat()
@@ -223,9 +201,10 @@ class ExperimentLoader:
                 sys.modules.pop(name, None)
                 log.warning("reloading %s failed: %s: %s", name, type(exc).__name__, exc)
                 continue
-            self._cache[name] = _Cached((st.st_mtime_ns, st.st_size), new[rel], module)
+            self._cache[name] = _Cached((st.st_mtime_ns, st.st_size), state.files[rel], module)
+            reloaded.append(name)
         log.info("experiment package %s changed: reloaded %s", pkg.name,
-                 ", ".join(order) or "nothing loaded")
+                 ", ".join(reloaded) or "nothing")
 
     def load(self, module: str, class_name: str) -> LoadedClass:
         """Resolve and validate ``module.class_name``; raises InvalidParams for anything a
@@ -257,9 +236,8 @@ class ExperimentLoader:
             raise InvalidParams(
                 f"{module}.{class_name} is a helper base class (it does not implement "
                 "acquire); submit one of the concrete experiments built on it")
-        assert pkg.hasher.state is not None
         return LoadedClass(cls=cls, module=mod, sha256=sha, path=path,
-                           package_sha256=pkg.hasher.state.sha256, _git=pkg.git)
+                           package_sha256=pkg.state.sha256, _git=pkg.git)
 
     def validate_config(self, loaded: LoadedClass, config: dict[str, Any]) -> Any:
         from pydantic import ValidationError
@@ -283,6 +261,31 @@ class ExperimentLoader:
                 except Exception:  # a broken module is reported when someone submits to it
                     pass
         return n
+
+
+def _reload_order(pkg: _Package, old: dict[str, str],
+                  new: dict[str, str]) -> list[tuple[str, str]]:
+    """(module, relative path) of the changed files that still exist and of every module
+    importing one of them, directly or not; dependencies before their importers."""
+    names = {pkg.module_name(r): r for r in new}
+    deps = {m: pkg.imports(r) for m, r in names.items()}
+    affected = {pkg.module_name(r) for r in new if old.get(r) != new[r]}
+    affected |= {pkg.module_name(r) for r in old.keys() - new.keys()}
+    while more := {m for m, d in deps.items() if d & affected} - affected:
+        affected |= more
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(m: str) -> None:
+        if m in seen or m not in names or m not in affected:
+            return
+        seen.add(m)  # before recursing: an import cycle ends here
+        for d in sorted(deps[m]):
+            visit(d)
+        order.append(m)
+    for m in sorted(affected):
+        visit(m)
+    return [(m, names[m]) for m in order]
 
 
 def describe_validation(exc: Any) -> str:

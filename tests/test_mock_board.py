@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from labd.settings import Settings
 from test_experiments import SQ, Ctx, _cls
