@@ -22,6 +22,8 @@ class AmplitudeRabiConfig(SweepConfig):
                          json_schema_extra={"unit": "DAC"})
     step: float = Field(100, gt=0, description=_GAIN + " step",
                         json_schema_extra={"unit": "DAC"})
+    stop: float | None = Field(None, gt=0, description="last " + _GAIN + "; instead of step",
+                               json_schema_extra={"unit": "DAC"})
     expts: int = Field(50, ge=3, le=2000)
     gain_unit: Literal["DAC", "fraction"] = Field(
         "DAC", description="unit of start/step/stop and of the fitted pi_gain")

@@ -13,6 +13,8 @@ from .common import QubitProgram, SingleQubitExperiment, SweepConfig, readout_iq
 class T1Config(SweepConfig):
     start: float = Field(0.0, ge=0, description="first wait", json_schema_extra={"unit": "us"})
     step: float = Field(2.0, gt=0, description="wait step", json_schema_extra={"unit": "us"})
+    stop: float | None = Field(None, gt=0, description="last wait; instead of step",
+                               json_schema_extra={"unit": "us"})
     expts: int = Field(51, ge=3, le=2000)
 
 

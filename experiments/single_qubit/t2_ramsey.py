@@ -15,6 +15,8 @@ from .common import QubitProgram, SingleQubitExperiment, SweepConfig, readout_iq
 class T2RamseyConfig(SweepConfig):
     start: float = Field(0.0, ge=0, description="first wait", json_schema_extra={"unit": "us"})
     step: float = Field(0.1, gt=0, description="wait step", json_schema_extra={"unit": "us"})
+    stop: float | None = Field(None, gt=0, description="last wait; instead of step",
+                               json_schema_extra={"unit": "us"})
     expts: int = Field(100, ge=5, le=2000)
     ramsey_freq: float = Field(0.5, ge=0, le=100, description="virtual detuning",
                                json_schema_extra={"unit": "MHz"})

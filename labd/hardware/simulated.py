@@ -24,7 +24,7 @@ DEFAULT_TRUTH: dict[str, float] = {
     "f_res": 7050.0,         # MHz (README sweep: 7000..7100 MHz)
     "kappa": 5.0,            # MHz, resonator linewidth (FWHM)
     "signal": 1.0,           # IQ contrast between |g> and |e>
-    "noise": 1.0,            # single-shot noise (same units)
+    "noise": 0.5,            # single-shot noise (same units): README sweeps fit within ~5%
 }
 
 
