@@ -157,23 +157,24 @@ class GitRevision:
 
     def revision(self, package_sha256: str) -> str | None:
         head = self.head()
-        if head is None:
+        if head is None or self.dirs is None:
             return None
-        _, gitdir, _ = self.dirs  # type: ignore[misc]
+        work, gitdir, _ = self.dirs
         key = (head, _stat_id(gitdir / "index"), package_sha256)
         with self._lock:
             if key != self._key:
-                self._rev = head + ("-dirty" if self._dirty() else "")
+                self._rev = head + ("-dirty" if self._dirty(work) else "")
                 self._key = key
             return self._rev
 
-    def _dirty(self) -> bool:
-        work = self.dirs[0]  # type: ignore[index]
+    def _dirty(self, work: Path) -> bool:
+        """Any .py file of the package modified, staged or untracked (what the package
+        hash covers)."""
         try:
             out = subprocess.run(["git", "-C", str(work), "status", "--porcelain",
-                                  "--untracked-files=normal", "--", str(self.package_root)],
+                                  "--untracked-files=all", "--", str(self.package_root)],
                                  capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             return False
         return out.returncode == 0 and any(
-            line[3:].endswith(".py") for line in out.stdout.splitlines())
+            line[3:].rstrip('"').endswith(".py") for line in out.stdout.splitlines())
