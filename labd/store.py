@@ -117,9 +117,10 @@ class Store:
             self._r = await aiosqlite.connect(self.path, isolation_level=None)
             self._r.row_factory = aiosqlite.Row
             await self._r.execute("PRAGMA query_only=ON")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, RuntimeError) as exc:
             await self._close_connections()
-            raise StoreError(describe(exc, self.path)) from None
+            raise StoreError(describe(exc, self.path) if isinstance(exc, sqlite3.Error)
+                             else str(exc)) from None
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:

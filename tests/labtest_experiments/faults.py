@@ -1,6 +1,7 @@
 """One experiment per way a job can go wrong."""
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -44,6 +45,26 @@ class IgnoresStop(Experiment):
         while time.monotonic() < end:
             x += 1
         return {"xpts": [float(x)]}
+
+
+class LogsIgnoringStop(Experiment):
+    """Logs and prints in a tight loop, never checks its stop flag and swallows every
+    Exception: only labd's interrupt can end it (an unrestricted async exception once
+    landed inside the logging lock here and froze the daemon)."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        log = logging.getLogger("labtest.chatty")
+        end = time.monotonic() + self.cfg.seconds
+        i = 0
+        while time.monotonic() < end:
+            try:
+                log.info("step %d", i)
+                print("tick", i)
+            except Exception:
+                pass
+            i += 1
+        return {"xpts": [float(i)]}
 
 
 class StuckInC(Experiment):
