@@ -145,8 +145,8 @@ async def test_an_outcome_is_retried_until_it_can_be_stored(tmp_path):
         waiter = asyncio.ensure_future(h.final(job))
         h.executor.finish(job)
         await until(lambda: job in h.sched.states.unrecorded)
-        shown = await h.sched.get(job)
-        assert shown.status == "running" and shown.phase == "finishing"
+        shown = await h.sched.get(job)  # its outcome, marked as not yet safe
+        assert shown.status == "completed" and shown.phase == "finishing"
         assert "not stored yet" in shown.error_message
         assert not waiter.done()
         refuse["on"] = False

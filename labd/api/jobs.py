@@ -91,20 +91,20 @@ async def get(call: Call, p: JobRef) -> dict[str, Any]:
 
 @rpc("wait", WaitParams)
 async def wait(call: Call, p: WaitParams) -> dict[str, Any]:
-    """Server-side long wait for a job to end (the client never polls); ends early when
-    the client hangs up."""
+    """Server-side long wait for a job to end, i.e. for its outcome to be stored (the
+    client never polls); ends early when the client hangs up."""
     sched = call.app.scheduler
     fut = call.app.events.waiter(p.job_id)
     try:
         job = await sched.get(p.job_id)
-        if not job.is_terminal():
+        if not job.is_terminal() or job.phase is not None:
             await asyncio.wait({fut, call.conn.gone}, timeout=p.timeout,
                                return_when=asyncio.FIRST_COMPLETED)
             job = await sched.get(p.job_id)
     finally:
         call.app.events.drop_waiter(p.job_id, fut)
     out = job.model_dump(mode="json")
-    out["timed_out"] = not job.is_terminal()
+    out["timed_out"] = not job.is_terminal() or job.phase is not None
     return out
 
 

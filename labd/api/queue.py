@@ -104,8 +104,9 @@ def status(call: Call) -> str:
     if disp.stuck_since is not None:
         return "degraded: executor stuck, restart needed"
     if sched.states.unrecorded:
+        _, why = next(iter(sched.states.unrecorded.values()))
         return (f"degraded: {len(sched.states.unrecorded)} job outcomes not stored yet "
-                f"({next(iter(sched.states.unrecorded.values()))}); retrying")
+                f"({why}); retrying")
     if sched.paused:
         return "paused"
     return "ok"

@@ -392,7 +392,8 @@ class Scheduler:
             run = self.dispatcher.running
             if run is not None and run.job is pj:
                 job.progress = run.progress
-            if job_id in self.states.unrecorded:
-                job.error_message = ("finished; its outcome is not stored yet: "
-                                     + self.states.unrecorded[job_id])
+            if job_id in self.states.unrecorded:  # show the outcome, and that it is not safe
+                reason, why = self.states.unrecorded[job_id]
+                job.status, job.end_reason = reason.status, reason.value
+                job.error_message = f"{reason.value}; not stored yet ({why}); retrying"
         return job

@@ -5,10 +5,17 @@ time limit, escalation) and finish (record the outcome; the next job may already
 Escalation for a job asked to stop: its stop flag (cooperative, ``check_stop``); after
 ``stop_grace_s`` it is interrupted at its next labd call (board, log, print, progress);
 after another grace it is declared stuck: its outcome is recorded, no job starts until the
-board thread returns, health says so and the systemd watchdog restarts labd."""
+board thread returns, health says so and the systemd watchdog restarts labd.
+
+When the queue runs dry the loop runs one full garbage collection: a finished job's data
+held in reference cycles would otherwise wait for Python's next full collection (which
+grows rarer as the heap grows), and the daemon's memory would not come back after work.
+It costs a few ms at a moment nothing waits; pending-job records are outside the cyclic
+GC, so it does not grow with the queue."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import threading
@@ -84,11 +91,16 @@ class Dispatcher:
         return not (s.paused or self.stuck_since is not None or not len(s.queue))
 
     async def _dispatch_loop(self) -> None:
+        ran_since_collect = False
         while not self.sched.stopping:
             if not self._can_start():
+                if ran_since_collect:  # idle: free the jobs' cyclic garbage now (below)
+                    gc.collect()
+                    ran_since_collect = False
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            ran_since_collect = True
             pj = self.sched.take_next()
             try:
                 await self._run(pj)

@@ -63,7 +63,8 @@ class Transitions:
     def __init__(self, store: Store, events: EventBus) -> None:
         self.store = store
         self.events = events
-        self.unrecorded: dict[str, str] = {}   # job_id -> why its outcome is not stored yet
+        # job_id -> (its outcome, why it is not stored yet)
+        self.unrecorded: dict[str, tuple[EndReason, str]] = {}
         self.giving_up = False                 # shutdown: stop retrying
 
     def publish(self, job_id: str, status: JobStatus | str, **extra: Any) -> None:
@@ -95,7 +96,7 @@ class Transitions:
                 self.unrecorded.pop(job_id, None)
                 return False
             except StoreError as exc:
-                self.unrecorded[job_id] = str(exc)
+                self.unrecorded[job_id] = (reason, str(exc))
                 if self.giving_up:
                     log.error("outcome of %s not recorded at shutdown: %s", job_id, exc)
                     return False

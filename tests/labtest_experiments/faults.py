@@ -40,6 +40,7 @@ class IgnoresStop(Experiment):
     config_model = FaultConfig
 
     def acquire(self):
+        print("busy", flush=True)
         end = time.monotonic() + self.cfg.seconds
         x = 0
         while time.monotonic() < end:
@@ -65,6 +66,19 @@ class LogsIgnoringStop(Experiment):
                 pass
             i += 1
         return {"xpts": [float(i)]}
+
+
+class CyclicHog(Experiment):
+    """Holds ``size_mb`` of data in a reference cycle until it is stopped: garbage only the
+    cyclic GC can free (a gc.freeze() while it ran used to keep it forever)."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        hog = {"data": np.ones(self.cfg.size_mb * 1024 * 1024 // 8)}
+        hog["self"] = hog
+        while True:
+            self.ctx.check_stop()
+            time.sleep(0.01)
 
 
 class StuckInC(Experiment):
