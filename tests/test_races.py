@@ -88,16 +88,18 @@ async def test_dependency_ending_while_the_submit_commits(tmp_path):
 
 
 async def test_claim_of_a_job_changed_behind_the_daemon_does_not_run_it(tmp_path):
-    """Issue #11.10: the claim is conditional and checked; a job another process already
-    took (two daemons on one state dir ran jobs twice) is not run again."""
+    """Issue #11.10: the claim is conditional and checked. Another process takes the job
+    between the claim's read and its UPDATE (two daemons on one state dir ran jobs
+    twice): the UPDATE changes no row, so the job is not run again here."""
     async with Harness(tmp_path) as h:
-        await h.sched.set_paused(ROOT, True)
+        reached, release = h.store.gate(sql_starts("UPDATE jobs SET status='running'"))
         job = await h.submit()
-        with sqlite3.connect(h.settings.db_path) as other:
+        await reached.wait()                     # the claim read it as pending ...
+        with sqlite3.connect(h.settings.db_path) as other:  # ... another process takes it
             other.execute("UPDATE jobs SET status='running' WHERE job_id=?", (job,))
-        await h.sched.set_paused(ROOT, False)
+        release.set()
         marker = await h.submit()
-        assert await h.started() == marker       # the changed job was skipped
+        assert await h.started() == marker       # the taken job was skipped
         assert job not in h.sched.active
 
 
