@@ -93,6 +93,9 @@ class Dispatcher:
             except (asyncio.TimeoutError, Exception):
                 log.error("running job did not finish during shutdown")
 
+    def _idle(self) -> bool:
+        return not (len(self.sched.queue) or self.analyzing or self.running)
+
     def _can_start(self) -> bool:
         s = self.sched
         return not (s.paused or self.stuck_since is not None or not len(s.queue)
@@ -102,7 +105,7 @@ class Dispatcher:
         ran_since_collect = False
         while not self.sched.stopping:
             if not self._can_start():
-                if ran_since_collect:  # idle: free the jobs' cyclic garbage now (below)
+                if ran_since_collect and self._idle():  # free jobs' cyclic garbage now
                     gc.collect()
                     ran_since_collect = False
                 self._wake.clear()
