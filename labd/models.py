@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+
 def utcnow() -> str:
     """UTC ISO-8601 with offset; the predecessor's naive local times were ambiguous."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
