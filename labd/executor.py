@@ -166,6 +166,10 @@ class Acquired:
     contents: dict[str, Any]
     loaded: Any
 
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.data.values())
+
 
 class Executor:
     """Owns the board thread and the analysis thread. Neither can be killed by a job (each
@@ -188,6 +192,8 @@ class Executor:
             str(Path(p).resolve()) + os.sep for pkg in loader.allowed
             for p in importlib.import_module(pkg).__path__)
         self.busy_with: str | None = None         # job ID the board thread is running
+        self.backlog_bytes = 0                    # raw data waiting to be saved and fitted
+        self._backlog_lock = threading.Lock()     # updated from two threads
         self.acquisitions = 0
         self.gaps: deque[float] = deque(maxlen=100_000)  # seconds the board sat idle
         self._last_acquire_end: float | None = None
@@ -231,6 +237,8 @@ class Executor:
                     result.finished_at = utcnow()
                     done.set_result(result)
                 else:
+                    with self._backlog_lock:
+                        self.backlog_bytes += result.nbytes
                     self._to_save.put((result, done))
             except BaseException as exc:  # never let a job take the thread down
                 if not isinstance(exc, JobInterrupted):
@@ -376,8 +384,9 @@ class Executor:
         finally:
             self.router.detach()
 
-    @staticmethod
-    def _deliver(acq: Acquired, out: Outcome, done: Future) -> None:
+    def _deliver(self, acq: Acquired, out: Outcome, done: Future) -> None:
+        with self._backlog_lock:
+            self.backlog_bytes -= acq.nbytes
         acq.log.close()
         out.finished_at = utcnow()
         done.set_result(out)

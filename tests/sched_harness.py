@@ -26,6 +26,7 @@ class FakeExecutor:
     board = None
     state = "idle"
     busy_with: str | None = None
+    backlog_bytes = 0
 
     def __init__(self) -> None:
         self.started: asyncio.Queue = asyncio.Queue()
