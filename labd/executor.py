@@ -76,13 +76,34 @@ class Outcome:
     finished_at: str = field(default_factory=utcnow)  # stamped when the run really ended
 
 
+class BoardClock:
+    """When the board acquires: the idle gap between the end of one ``board.acquire`` and
+    the start of the next is what the board-idle benchmark reports (``board_stats``)."""
+
+    def __init__(self) -> None:
+        self.acquisitions = 0
+        self.gaps: deque[float] = deque(maxlen=100_000)  # seconds
+        self._last_end: float | None = None
+
+    def timed(self, acquire: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        if self._last_end is not None:
+            self.gaps.append(start - self._last_end)
+        try:
+            return acquire(*args, **kwargs)
+        finally:
+            self._last_end = time.monotonic()
+            self.acquisitions += 1
+
+
 class _Board:
     """The board as a job sees it: every call is a safe point where a job that ignored its
-    stop request is interrupted."""
+    stop request is interrupted, and acquisitions are timed."""
 
-    def __init__(self, board: Any, ctx: "JobContext") -> None:
+    def __init__(self, board: Any, ctx: "JobContext", clock: BoardClock | None) -> None:
         self._board = board
         self._ctx = ctx
+        self._clock = clock
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._board, name)
@@ -91,6 +112,8 @@ class _Board:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self._ctx.interrupt_point()
+            if name == "acquire" and self._clock is not None:
+                return self._clock.timed(value, *args, **kwargs)
             return value(*args, **kwargs)
         return call
 
@@ -98,10 +121,10 @@ class _Board:
 class JobContext:
     """What the experiment sees of labd while it runs (experiments.base.RunContext)."""
 
-    def __init__(self, job_id: str, board: Any,
-                 on_progress: Callable[[str, float], None]) -> None:
+    def __init__(self, job_id: str, board: Any, on_progress: Callable[[str, float], None],
+                 clock: BoardClock | None = None) -> None:
         self.job_id = job_id
-        self.board = _Board(board, self)
+        self.board = _Board(board, self, clock)
         self.hardware_config: dict[str, Any] = {}
         self.log = job_log
         self.stop_kind: EndReason | None = None
@@ -174,8 +197,7 @@ class Acquired:
 class Executor:
     """Owns the board thread and the analysis thread. Neither can be killed by a job (each
     run is wrapped); ``state`` tells health whether the board thread is idle, busy or dead.
-    ``gaps`` keeps the board's idle time between the end of one acquisition and the start
-    of the next (what the board-idle benchmark reports)."""
+    ``clock`` times the board's acquisitions."""
 
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
@@ -194,9 +216,7 @@ class Executor:
         self.busy_with: str | None = None         # job ID the board thread is running
         self.backlog_bytes = 0                    # raw data waiting to be saved and fitted
         self._backlog_lock = threading.Lock()     # updated from two threads
-        self.acquisitions = 0
-        self.gaps: deque[float] = deque(maxlen=100_000)  # seconds the board sat idle
-        self._last_acquire_end: float | None = None
+        self.clock = BoardClock()
         self._to_save: queue.SimpleQueue = queue.SimpleQueue()
         self._to_fit: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="labd-board", daemon=True)
@@ -322,14 +342,7 @@ class Executor:
             exp = loaded.cls(ctx, cfg)
             exp.before_job()
             try:
-                start = time.monotonic()
-                if self._last_acquire_end is not None:
-                    self.gaps.append(start - self._last_acquire_end)
-                try:
-                    raw = exp.acquire()
-                finally:
-                    self._last_acquire_end = time.monotonic()
-                    self.acquisitions += 1
+                raw = exp.acquire()
             finally:
                 exp.after_job()
             data = data_file.check_data(raw)

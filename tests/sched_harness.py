@@ -27,6 +27,7 @@ class FakeExecutor:
     state = "idle"
     busy_with: str | None = None
     backlog_bytes = 0
+    clock = None
 
     def __init__(self) -> None:
         self.started: asyncio.Queue = asyncio.Queue()

@@ -134,7 +134,8 @@ class Dispatcher:
     async def _run(self, pj: PendingJob) -> None:
         # Visible as running from the moment it leaves the queue, so a cancel that arrives
         # while the claim is being committed still reaches it.
-        ctx = JobContext(pj.job_id, self.executor.board, self._on_progress)
+        ctx = JobContext(pj.job_id, self.executor.board, self._on_progress,
+                         self.executor.clock)
         run = Running(pj, ctx, "", time.monotonic(), self.sched.settings.job_time_limit_s)
         self.running = run
         if self.sched.stopping:
