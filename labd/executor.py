@@ -363,8 +363,11 @@ class Executor:
             "batch_id": spec.batch_id, "created_at": spec.created_at,
             "started_at": spec.started_at,
             "config_versions": {n: c["version_id"] for n, c in contents.items()},
-            "module_sha256": loaded.sha256, "labd_version": __version__,
-            "setpoint": setpoint, "hardware": self.board.describe(),
+            "module_sha256": loaded.sha256, "package_sha256": loaded.package_sha256,
+            # the unit of every expt key and data key
+            "expt_units": exp.expt_units(), "data_units": exp.data_units(),
+            "labd_version": __version__, "setpoint": setpoint,
+            "hardware": self.board.describe(),
             "nonfinite_keys": [k for k, a in data.items()
                                if a.dtype.kind in "fc" and not np.isfinite(a).all()],
         }
