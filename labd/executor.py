@@ -333,6 +333,12 @@ class Executor:
                          spec.experiment_class, spec.user, spec.os_user)
             loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
             cfg = self.loader.validate_config(loaded, spec.experiment_config)
+            for name in loaded.cls.requires_configs:
+                if name not in spec.configs:
+                    return Outcome(EndReason.START_FAILED, (
+                        f"{spec.experiment_class} needs a {name}, and there is no main "
+                        f"version of it: push one with `labctl config push {name} FILE` "
+                        "(or pin a version with --pin), then `labctl retry` this job"))
             contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
                                "content": self.read_config(row)}
                         for name, row in spec.configs.items()}
