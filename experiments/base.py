@@ -64,6 +64,9 @@ class RunContext(Protocol):
 
 class Experiment:
     config_model: ClassVar[type[BaseModel]] = ExperimentConfig
+    # config types the experiment cannot run without; a job whose type has no main version
+    # (and no pin) fails with a sentence saying how to push one, before any hardware
+    requires_configs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: RunContext, cfg: BaseModel) -> None:
         self.ctx = ctx

@@ -1,16 +1,23 @@
-"""The one executor thread that owns the hardware. It runs a job start to finish:
-load the experiment (allow-listed), apply the pre-job setpoint, acquire, save the raw data,
-analyze, add the fit results. It never touches the database: it returns an Outcome and the
-scheduler records it."""
+"""The board thread, then the save and analysis threads. The board thread owns the hardware
+only while a job acquires: load the experiment (allow-listed), apply the pre-job setpoint,
+acquire. The raw data then go to the save thread, which writes them durably (the file under
+its final name) *before* any fit runs; the analysis thread fits and adds the results. The
+board thread meanwhile acquires the next job. None of them touches the database: the
+scheduler records outcomes."""
 from __future__ import annotations
 
 import copy
 import ctypes
+import importlib
 import logging
+import os
+import queue
+import sys
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,19 +31,20 @@ from . import __version__, data_file
 from .experiment_loader import ExperimentLoader
 from .hardware.setpoint import Setpoint
 from .job_log import JobLog, LogRouter
-from .models import JobStatus, utcnow
+from .models import utcnow
+from .scheduler.states import EndReason
 
 log = logging.getLogger(__name__)
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 job_log = logging.getLogger("labd.job")
 
 
-class DataSaveError(RuntimeError):
-    """The data file could not be written (disk full, read-only, permissions)."""
-
-
 class JobInterrupted(BaseException):
-    """Raised asynchronously in the executor thread when a job ignores its stop flag."""
+    """Ends a job that ignored its stop request past the grace time. A BaseException, so an
+    experiment's ``except Exception`` cannot swallow it. Raised synchronously at the job's
+    next labd call (board, log, print, progress, check_stop), or, for a pure-Python loop
+    that makes none, injected only while the thread is executing experiment code (see
+    ``Executor.interrupt``)."""
 
 
 @dataclass
@@ -59,7 +67,7 @@ class JobSpec:
 
 @dataclass
 class Outcome:
-    status: JobStatus
+    reason: EndReason
     error_message: str | None = None
     data_file_path: str | None = None
     module_sha256: str | None = None
@@ -68,33 +76,89 @@ class Outcome:
     finished_at: str = field(default_factory=utcnow)  # stamped when the run really ended
 
 
+class BoardClock:
+    """When the board acquires: the idle gap between the end of one ``board.acquire`` and
+    the start of the next is what the board-idle benchmark reports (``board_stats``)."""
+
+    def __init__(self) -> None:
+        self.acquisitions = 0
+        self.gaps: deque[float] = deque(maxlen=100_000)  # seconds
+        self._last_end: float | None = None
+
+    def timed(self, acquire: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        if self._last_end is not None:
+            self.gaps.append(start - self._last_end)
+        try:
+            return acquire(*args, **kwargs)
+        finally:
+            self._last_end = time.monotonic()
+            self.acquisitions += 1
+
+
+class _Board:
+    """The board as a job sees it: every call is a safe point where a job that ignored its
+    stop request is interrupted, and acquisitions are timed."""
+
+    def __init__(self, board: Any, ctx: "JobContext", clock: BoardClock | None) -> None:
+        self._board = board
+        self._ctx = ctx
+        self._clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._board, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._ctx.interrupt_point()
+            if name == "acquire" and self._clock is not None:
+                return self._clock.timed(value, *args, **kwargs)
+            return value(*args, **kwargs)
+        return call
+
+
 class JobContext:
     """What the experiment sees of labd while it runs (experiments.base.RunContext)."""
 
-    def __init__(self, job_id: str, board: Any,
-                 on_progress: Callable[[str, float], None]) -> None:
+    def __init__(self, job_id: str, board: Any, on_progress: Callable[[str, float], None],
+                 clock: BoardClock | None = None) -> None:
         self.job_id = job_id
-        self.board = board
+        self.board = _Board(board, self, clock)
         self.hardware_config: dict[str, Any] = {}
         self.log = job_log
-        self.stop_reason: str | None = None
+        self.stop_kind: EndReason | None = None
+        self.stop_reason: str | None = None       # the message, for people
         self._stop = threading.Event()
+        self._hard = False
         self._on_progress = on_progress
         self._last_progress = 0.0
 
-    def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
+    def request_stop(self, kind: EndReason, message: str) -> None:
+        if self.stop_kind is None:
+            self.stop_kind, self.stop_reason = kind, message
         self._stop.set()
 
+    def hard_stop(self) -> None:
+        """The job ignored its stop request: interrupt it at its next labd call."""
+        self._hard = True
+        self._stop.set()
+
+    def interrupt_point(self) -> None:
+        if self._hard:
+            raise JobInterrupted(self.stop_reason)
+
     def should_stop(self) -> bool:
+        self.interrupt_point()
         return self._stop.is_set()
 
     def check_stop(self) -> None:
+        self.interrupt_point()
         if self._stop.is_set():
             raise Stopped(self.stop_reason or "stopped")
 
     def progress(self, done: float, total: float) -> None:
+        self.interrupt_point()
         now = time.monotonic()
         if done >= total or now - self._last_progress >= 0.2:  # throttle the push events
             self._last_progress = now
@@ -112,7 +176,29 @@ def _scalars(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class Acquired:
+    """A finished acquisition on its way from the board thread to the analysis thread."""
+    spec: JobSpec
+    ctx: JobContext
+    log: JobLog
+    exp: Experiment
+    data: dict[str, np.ndarray]
+    merged: dict[str, Any]
+    meta: dict[str, Any]
+    contents: dict[str, Any]
+    loaded: Any
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.data.values())
+
+
 class Executor:
+    """Owns the board thread and the analysis thread. Neither can be killed by a job (each
+    run is wrapped); ``state`` tells health whether the board thread is idle, busy or dead.
+    ``clock`` times the board's acquisitions."""
+
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
                  router: LogRouter) -> None:
@@ -123,13 +209,66 @@ class Executor:
         self.max_log_bytes = max_log_bytes
         self.router = router
         self._yaml_cache: dict[str, dict[str, Any]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labd-executor")
-        self.thread_ident: int | None = self.pool.submit(threading.get_ident).result()
-        router.thread_id = self.thread_ident
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._experiment_roots = tuple(
+            str(Path(p).resolve()) + os.sep for pkg in loader.allowed
+            for p in importlib.import_module(pkg).__path__)
+        self.busy_with: str | None = None         # job ID the board thread is running
+        self.backlog_bytes = 0                    # raw data waiting to be saved and fitted
+        self._backlog_lock = threading.Lock()     # updated from two threads
+        self.clock = BoardClock()
+        self._to_save: queue.SimpleQueue = queue.SimpleQueue()
+        self._to_fit: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="labd-board", daemon=True)
+        self._thread.start()
+        for name, loop in (("labd-save", self._save_loop), ("labd-analysis", self._fit_loop)):
+            threading.Thread(target=loop, name=name, daemon=True).start()
+
+    @property
+    def state(self) -> str:
+        if not self._thread.is_alive():
+            return "dead"
+        return "idle" if self.busy_with is None else "busy"
 
     def submit(self, spec: JobSpec, ctx: JobContext,
-               on_log: Callable[[str, str], None] | None = None) -> Future:
-        return self.pool.submit(self._run, spec, ctx, on_log)
+               on_log: Callable[[str, str], None] | None = None) -> tuple[Future, Future]:
+        """Queue a job; returns (board free, outcome): the first resolves when its
+        acquisition has ended, the second with the job's Outcome once its data and fits
+        are saved."""
+        acquired: Future = Future()
+        done: Future = Future()
+        self._work.put((acquired, done, spec, ctx, on_log))
+        return acquired, done
+
+    def _loop(self) -> None:
+        while True:
+            acquired: Future | None = None
+            done: Future | None = None
+            try:
+                item = self._work.get()
+                if item is None:
+                    return
+                acquired, done, spec, ctx, on_log = item
+                self.busy_with = spec.job_id
+                result = self._run(spec, ctx, on_log)
+                self.busy_with = None
+                acquired.set_result(None)
+                if isinstance(result, Outcome):
+                    result.finished_at = utcnow()
+                    done.set_result(result)
+                else:
+                    with self._backlog_lock:
+                        self.backlog_bytes += result.nbytes
+                    self._to_save.put((result, done))
+            except BaseException as exc:  # never let a job take the thread down
+                if not isinstance(exc, JobInterrupted):
+                    log.exception("executor: a job raised outside its run")
+                for fut in (acquired, done):
+                    if fut is not None and not fut.done():
+                        fut.set_result(Outcome(EndReason.ERROR, "interrupted outside the "
+                                               "experiment; the daemon log has the details"))
+            finally:
+                self.busy_with = None
 
     def _parsed_yaml(self, sha256: str, content: str) -> dict[str, Any]:
         """Parsed config, cached by content hash (parsing cost more than the rest of a short
@@ -139,46 +278,67 @@ class Executor:
             parsed = self._yaml_cache[sha256] = yaml.load(content, Loader=_YamlLoader) or {}
         return copy.deepcopy(parsed)
 
-    def interrupt(self) -> None:
-        """Last resort for a job that ignores its stop flag: raise in the thread."""
-        if self.thread_ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.thread_ident), ctypes.py_object(JobInterrupted))
+    def interrupt(self, job_id: str) -> bool:
+        """Inject JobInterrupted into the board thread, but only while it runs ``job_id``
+        and its current frame is experiment code: the interpreter raises it at the next
+        bytecode check, i.e. in that code or on entry to the next function it calls, never
+        inside a lock taken further down (the logging deadlock of an unrestricted async
+        exception). A stray one that lands in labd's own code after the job returned is
+        caught by the thread's loop; ``clear_interrupt`` cancels one not yet raised."""
+        ident = self._thread.ident
+        if self.busy_with != job_id or ident is None:
+            return False
+        frame = sys._current_frames().get(ident)
+        if frame is None or not frame.f_code.co_filename.startswith(self._experiment_roots):
+            return False
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                   ctypes.py_object(JobInterrupted))
+        return True
+
+    def clear_interrupt(self) -> None:
+        if self._thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread.ident),
+                                                       ctypes.c_void_p(0))
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for q in (self._work, self._to_save, self._to_fit):
+            q.put(None)
 
-    # ---- in the executor thread --------------------------------------------------
+    # ---- in the board thread ---------------------------------------------------------
     def _run(self, spec: JobSpec, ctx: JobContext,
-             on_log: Callable[[str, str], None] | None) -> Outcome:
+             on_log: Callable[[str, str], None] | None) -> Acquired | Outcome:
         try:
             jl = JobLog(spec.log_path, self.max_log_bytes,
                         (lambda text: on_log(spec.job_id, text)) if on_log else None)
         except OSError as exc:  # nothing could be saved either: fail before any hardware
-            return Outcome(JobStatus.FAILED, f"cannot write to the data directory "
+            return Outcome(EndReason.ERROR, f"cannot write to the data directory "
                            f"{spec.log_path.parent}: {exc.strerror or exc}")
-        self.router.current = jl
+        self.router.attach(jl, ctx.interrupt_point)
         try:
-            out = self._run_logged(spec, ctx)
-            out.finished_at = utcnow()
-            return out
+            result = self._acquire(spec, ctx, jl)
         except JobInterrupted:
-            return Outcome(JobStatus.FAILED, f"{ctx.stop_reason or 'interrupted'}; the "
-                           "experiment ignored the stop request and was interrupted")
+            result = Outcome(ctx.stop_kind or EndReason.ERROR,
+                             f"{ctx.stop_reason or 'interrupted'}; the experiment ignored "
+                             "the stop request and was interrupted at its next labd call")
         finally:
-            self.router.current = None
+            self.router.detach()
+        if isinstance(result, Outcome):
             jl.close()
+        return result
 
-    def _run_logged(self, spec: JobSpec, ctx: JobContext) -> Outcome:
-        out = Outcome(JobStatus.FAILED)
-        saved = False
+    def _acquire(self, spec: JobSpec, ctx: JobContext, jl: JobLog) -> Acquired | Outcome:
         try:
             ctx.check_stop()  # cancelled while it was being started
             job_log.info("job %s: %s.%s by %s (%s)", spec.job_id, spec.experiment_module,
                          spec.experiment_class, spec.user, spec.os_user)
             loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
-            out.module_sha256, out.module_git_rev = loaded.sha256, loaded.git_rev()
             cfg = self.loader.validate_config(loaded, spec.experiment_config)
+            for name in loaded.cls.requires_configs:
+                if name not in spec.configs:
+                    return Outcome(EndReason.START_FAILED, (
+                        f"{spec.experiment_class} needs a {name}, and there is no main "
+                        f"version of it: push one with `labctl config push {name} FILE` "
+                        "(or pin a version with --pin), then `labctl retry` this job"))
             contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
                                "content": self.read_config(row)}
                         for name, row in spec.configs.items()}
@@ -192,63 +352,104 @@ class Executor:
             finally:
                 exp.after_job()
             data = data_file.check_data(raw)
-            merged = {k: ctx.hardware_config.get(k, {}) for k in ("device", "hw", "aliases")}
-            merged["data_management"] = {"output_root": str(spec.output_root)}
-            merged["expt"] = cfg.model_dump(mode="json")
-            meta = {
-                "job_id": spec.job_id, "user": spec.user, "os_user": spec.os_user,
-                "experiment_class": spec.experiment_class,
-                "experiment_module": spec.experiment_module, "priority": spec.priority,
-                "batch_id": spec.batch_id, "created_at": spec.created_at,
-                "started_at": spec.started_at, "saved_at": utcnow(),
-                "config_versions": {n: c["version_id"] for n, c in contents.items()},
-                "module_sha256": loaded.sha256, "module_git_rev": out.module_git_rev,
-                # units + package provenance (dropin-experiments): the unit of every
-                # expt key and data key, and the hash/revision of the whole package
-                "expt_units": exp.expt_units(), "data_units": exp.data_units(),
-                "package_sha256": loaded.package_sha256,
-                "labd_version": __version__, "setpoint": setpoint,
-                "hardware": self.board.describe(),
-                "nonfinite_keys": [k for k, a in data.items()
-                                   if a.dtype.kind in "fc" and not np.isfinite(a).all()],
-            }
-            has_analysis = type(exp).analyze is not Experiment.analyze
-            try:
-                data_file.write_raw(spec.data_path, data, merged, meta, contents,
-                                    analysis="pending" if has_analysis else "none")
-            except OSError as exc:
-                raise DataSaveError(f"could not save data to {spec.data_path}: "
-                                    f"{exc.strerror or exc}") from None
-            saved = True
-            out.data_file_path = str(spec.data_path)
-            job_log.info("raw data saved to %s", spec.data_path)
-            analysis_error = None
-            if has_analysis:  # the raw file above is already safe under its final name
-                results: dict[str, Any] = {}
-                try:
-                    results = dict(exp.analyze(dict(data)) or {})
-                except Stopped:
-                    raise
-                except Exception as exc:
-                    analysis_error = f"{type(exc).__name__}: {exc}"
-                    job_log.error("analysis failed (raw data is saved):\n%s",
-                                  traceback.format_exc())
-                try:
-                    data_file.add_results(spec.data_path, results, analysis_error)
-                except Exception as exc:
-                    analysis_error = f"saving fit results failed: {type(exc).__name__}: {exc}"
-                out.results = _scalars(results)
-            out.status = JobStatus.COMPLETED
-            if analysis_error:
-                out.error_message = f"analysis failed (raw data saved): {analysis_error}"
         except Stopped as exc:
-            reason = ctx.stop_reason or str(exc)
-            out.status = JobStatus.CANCELLED if reason.startswith("cancelled") \
-                else JobStatus.FAILED
-            out.error_message = reason + ("; raw data saved" if saved else "")
-            job_log.warning("stopped: %s", out.error_message)
+            message = ctx.stop_reason or str(exc)
+            job_log.warning("stopped: %s", message)
+            return Outcome(ctx.stop_kind or EndReason.ERROR, message)
         except Exception as exc:
-            out.status = JobStatus.FAILED
-            out.error_message = f"{type(exc).__name__}: {exc}"
             job_log.error("job failed:\n%s", traceback.format_exc())
+            return Outcome(EndReason.ERROR, f"{type(exc).__name__}: {exc}")
+        merged = {k: ctx.hardware_config.get(k, {}) for k in ("device", "hw", "aliases")}
+        merged["data_management"] = {"output_root": str(spec.output_root)}
+        merged["expt"] = cfg.model_dump(mode="json")
+        meta = {
+            "job_id": spec.job_id, "user": spec.user, "os_user": spec.os_user,
+            "experiment_class": spec.experiment_class,
+            "experiment_module": spec.experiment_module, "priority": spec.priority,
+            "batch_id": spec.batch_id, "created_at": spec.created_at,
+            "started_at": spec.started_at,
+            "config_versions": {n: c["version_id"] for n, c in contents.items()},
+            "module_sha256": loaded.sha256, "package_sha256": loaded.package_sha256,
+            # the unit of every expt key and data key
+            "expt_units": exp.expt_units(), "data_units": exp.data_units(),
+            "labd_version": __version__, "setpoint": setpoint,
+            "hardware": self.board.describe(),
+            "nonfinite_keys": [k for k, a in data.items()
+                               if a.dtype.kind in "fc" and not np.isfinite(a).all()],
+        }
+        return Acquired(spec, ctx, jl, exp, data, merged, meta, contents, loaded)
+
+    # ---- in the save thread, then the analysis thread ----------------------------------
+    # Two threads, so a long fit never delays saving (and completing) the jobs after it.
+    def _save_loop(self) -> None:
+        while (item := self._to_save.get()) is not None:
+            acq, done = item
+            out = self._in_job_log(acq, self._save, acq)
+            if out.reason is EndReason.COMPLETED and out.results is None:
+                self._to_fit.put((acq, out, done))
+            else:
+                self._deliver(acq, out, done)
+
+    def _fit_loop(self) -> None:
+        while (item := self._to_fit.get()) is not None:
+            acq, out, done = item
+            self._deliver(acq, self._in_job_log(acq, self._fit, acq, out), done)
+
+    def _in_job_log(self, acq: Acquired, step: Callable[..., Outcome], *args: Any) -> Outcome:
+        self.router.attach(acq.log)
+        try:
+            return step(*args)
+        except BaseException as exc:  # the outcome must always be delivered
+            log.exception("%s of %s failed", step.__name__, acq.spec.job_id)
+            return Outcome(EndReason.ERROR, f"internal error in {step.__name__.strip('_')}: "
+                           f"{type(exc).__name__}")
+        finally:
+            self.router.detach()
+
+    def _deliver(self, acq: Acquired, out: Outcome, done: Future) -> None:
+        with self._backlog_lock:
+            self.backlog_bytes -= acq.nbytes
+        acq.log.close()
+        out.finished_at = utcnow()
+        done.set_result(out)
+
+    def _save(self, acq: Acquired) -> Outcome:
+        """Write the raw data durably. Returns a final outcome, or a COMPLETED one with
+        ``results`` None when a fit is still to run."""
+        spec = acq.spec
+        out = Outcome(EndReason.ERROR, module_sha256=acq.loaded.sha256,
+                      module_git_rev=acq.loaded.git_rev())
+        acq.meta.update(saved_at=utcnow(), module_git_rev=out.module_git_rev)
+        has_analysis = type(acq.exp).analyze is not Experiment.analyze
+        try:
+            data_file.write_raw(spec.data_path, acq.data, acq.merged, acq.meta, acq.contents,
+                                analysis="pending" if has_analysis else "none")
+        except OSError as exc:
+            out.error_message = (f"DataSaveError: could not save data to {spec.data_path}: "
+                                 f"{exc.strerror or exc}")
+            job_log.error("%s", out.error_message)
+            return out
+        out.data_file_path = str(spec.data_path)
+        job_log.info("raw data saved to %s", spec.data_path)
+        out.reason = EndReason.COMPLETED
+        if has_analysis:
+            out.results = None  # type: ignore[assignment]
+        return out
+
+    def _fit(self, acq: Acquired, out: Outcome) -> Outcome:
+        """Run the analysis on saved raw data and add its results to the file."""
+        results: dict[str, Any] = {}
+        analysis_error = None
+        try:
+            results = dict(acq.exp.analyze(dict(acq.data)) or {})
+        except Exception as exc:
+            analysis_error = f"{type(exc).__name__}: {exc}"
+            job_log.error("analysis failed (raw data is saved):\n%s", traceback.format_exc())
+        try:
+            data_file.add_results(acq.spec.data_path, results, analysis_error)
+        except Exception as exc:
+            analysis_error = f"saving fit results failed: {type(exc).__name__}: {exc}"
+        out.results = _scalars(results)
+        if analysis_error:
+            out.error_message = f"analysis failed (raw data saved): {analysis_error}"
         return out

@@ -93,6 +93,7 @@ class QubitProgram(AveragerProgramV2):
 
 class SingleQubitExperiment(Experiment):
     config_model = SweepConfig
+    requires_configs = ("hardware_config",)
 
     def qubit(self) -> dict[str, Any]:
         """Channels and calibrated parameters of the first selected qubit."""
