@@ -11,12 +11,11 @@ from typing import Any, AsyncIterator, Callable
 from . import verbs
 from .data import load
 from .paths import candidate_sockets, connect_failure, not_running
-from .protocol import (WAIT_FOREVER_S, ConnectionFailed, Conversation, LabdError, backoff,
-                       clean, from_response, is_event, parse_frame, result_of)
+from .protocol import (LOST, WAIT_FOREVER_S, ConnectionFailed, Conversation, LabdError,
+                       backoff, clean, from_response, is_event, parse_frame, result_of)
 from .results import JobResult
 
 FRAME_LIMIT = 64 * 1024 * 1024
-LOST = "connection to labd lost (daemon restarted?)"
 DISCONNECTED = {"type": "disconnected"}
 
 

@@ -15,11 +15,10 @@ from typing import Any, Callable, Iterator
 from . import verbs
 from .data import load
 from .paths import candidate_sockets, connect_failure, not_running
-from .protocol import (WAIT_FOREVER_S, ConnectionFailed, Conversation, LabdError, backoff,
-                       clean, is_event, result_of)
+from .protocol import (LOST, WAIT_FOREVER_S, ConnectionFailed, Conversation, LabdError,
+                       backoff, clean, is_event, result_of)
 from .results import JobResult
 
-LOST = "connection to labd lost (daemon restarted?)"
 
 
 class Client:

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "offset, e.g. 2026-11-24")
     h.add_argument("--limit", type=int, default=20, metavar="N",
                    help="number of jobs per page (default 20)")
-    h.add_argument("--cursor", type=int, metavar="N", help="integer: next_cursor of the previous page")
+    h.add_argument("--cursor", type=int, metavar="N",
+                   help="integer: next_cursor of the previous page")
     s = sub.add_parser("logs", parents=[common], help="a job's log")
     s.add_argument("job_id", help=job)
     s.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")

@@ -213,6 +213,7 @@ def queue_rows(q: dict[str, Any]) -> dict[str, Any]:
     return q
 
 
+LOST = "connection to labd lost (daemon restarted?)"
 WAIT_FOREVER_S = 7 * 86400.0  # the daemon's cap on one wait call
 
 

@@ -11,8 +11,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from .async_client import DISCONNECTED, LOST, AsyncClient
-from .protocol import ConnectionFailed, backoff
+from .async_client import DISCONNECTED, AsyncClient
+from .protocol import LOST, ConnectionFailed, backoff
 from .views import fmt_duration, format_job_line, format_queue, safe
 
 
