@@ -130,6 +130,9 @@ def test_waiting_jobs_survive_restart(make_daemon):
         held = c.submit(*NOOP, hold=True)
         blocker = c.submit(*SLEEP, {"seconds": 60})
         after = c.submit(*NOOP, after=blocker)
+        deadline = time.monotonic() + 20  # the restart must interrupt a running blocker
+        while c.get(blocker).status != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
     d.restart()  # the blocker is interrupted, so its dependent is cancelled
     with Client(d.socket) as c:
         assert c.get(blocker).status == "failed"
