@@ -10,8 +10,9 @@ import time
 from typing import Any
 
 from . import __version__
-from .api import METHODS, Call
+from .api import Call, load_methods
 from .config_store import ConfigStore
+from .context import AppContext
 from .events import EventBus
 from .executor import Executor
 from .experiment_loader import ExperimentLoader
@@ -20,7 +21,7 @@ from .hardware.setpoint import Setpoint
 from .identity import AdminPolicy
 from .job_log import LogRouter
 from .rpc_server import RpcServer, bind_socket, systemd_socket
-from .scheduler import Scheduler
+from .scheduler.core import Scheduler
 from .sd_notify import Notifier
 from .settings import Settings
 from .store import Store
@@ -57,6 +58,9 @@ class Daemon:
                                  self.configs.read_verified, s.max_log_bytes, self.router)
         self.scheduler = Scheduler(s, self.store, self.configs, self.executor, self.events)
         interrupted = await self.scheduler.start(counters)
+        self.app = AppContext(settings=s, store=self.store, configs=self.configs,
+                              loader=self.loader, scheduler=self.scheduler,
+                              events=self.events, started_mono=self.started_mono)
         for job_id in interrupted:
             log.warning("%s was running when labd stopped: marked failed (interrupted)", job_id)
         self.events.listeners.append(self._on_event)
@@ -65,8 +69,8 @@ class Daemon:
         self.socket_activated = sock is not None  # then the socket is systemd's, not ours
         if sock is None:
             sock = bind_socket(s.socket_path, s.socket_mode, s.socket_group)
-        self.server = RpcServer(METHODS, AdminPolicy(s.admin_group, s.admin_users),
-                                lambda conn: Call(self, conn), s.max_frame_bytes,
+        self.server = RpcServer(load_methods(), AdminPolicy(s.admin_group, s.admin_users),
+                                lambda conn: Call(self.app, conn), s.max_frame_bytes,
                                 s.max_connections, self.events.unsubscribe)
         await self.server.start(sock)
         loop = asyncio.get_running_loop()
@@ -83,6 +87,7 @@ class Daemon:
         self.notifier.send(stopping=1, status="stopping")
         await self.server.close()
         await self.scheduler.stop()
+        await self.server.drain(timeout=10)  # calls in flight finish before the store closes
         if watchdog:
             watchdog.cancel()
         self.executor.shutdown()
@@ -98,7 +103,7 @@ class Daemon:
         job = f"running {run.job.job_id} ({run.job.experiment_class}, {run.job.user}, " \
               f"{run.progress:.0%})" if run else "idle"
         extra = " PAUSED" if sched.paused else ""
-        if sched.stuck_since is not None:
+        if sched.dispatcher.stuck_since is not None:
             extra += " EXECUTOR STUCK"
         return f"{job}; {len(sched.queue)} pending{extra}"
 
@@ -111,6 +116,6 @@ class Daemon:
         executor is stuck past its job's limit + grace: then systemd restarts us."""
         assert self.notifier.watchdog_s
         while True:
-            if self.scheduler.stuck_since is None:
+            if self.scheduler.dispatcher.stuck_since is None:
                 self.notifier.send(watchdog=1)
             await asyncio.sleep(self.notifier.watchdog_s / 3)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import importlib
 import logging
+import os
+import queue
+import sys
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +28,8 @@ from . import __version__, data_file
 from .experiment_loader import ExperimentLoader
 from .hardware.setpoint import Setpoint
 from .job_log import JobLog, LogRouter
-from .models import JobStatus, utcnow
+from .models import utcnow
+from .scheduler.states import EndReason
 
 log = logging.getLogger(__name__)
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
@@ -36,7 +41,11 @@ class DataSaveError(RuntimeError):
 
 
 class JobInterrupted(BaseException):
-    """Raised asynchronously in the executor thread when a job ignores its stop flag."""
+    """Ends a job that ignored its stop request past the grace time. A BaseException, so an
+    experiment's ``except Exception`` cannot swallow it. Raised synchronously at the job's
+    next labd call (board, log, print, progress, check_stop), or, for a pure-Python loop
+    that makes none, injected only while the thread is executing experiment code (see
+    ``Executor.interrupt``)."""
 
 
 @dataclass
@@ -59,7 +68,7 @@ class JobSpec:
 
 @dataclass
 class Outcome:
-    status: JobStatus
+    reason: EndReason
     error_message: str | None = None
     data_file_path: str | None = None
     module_sha256: str | None = None
@@ -68,33 +77,66 @@ class Outcome:
     finished_at: str = field(default_factory=utcnow)  # stamped when the run really ended
 
 
+class _Board:
+    """The board as a job sees it: every call is a safe point where a job that ignored its
+    stop request is interrupted."""
+
+    def __init__(self, board: Any, ctx: "JobContext") -> None:
+        self._board = board
+        self._ctx = ctx
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._board, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._ctx.interrupt_point()
+            return value(*args, **kwargs)
+        return call
+
+
 class JobContext:
     """What the experiment sees of labd while it runs (experiments.base.RunContext)."""
 
     def __init__(self, job_id: str, board: Any,
                  on_progress: Callable[[str, float], None]) -> None:
         self.job_id = job_id
-        self.board = board
+        self.board = _Board(board, self)
         self.hardware_config: dict[str, Any] = {}
         self.log = job_log
-        self.stop_reason: str | None = None
+        self.stop_kind: EndReason | None = None
+        self.stop_reason: str | None = None       # the message, for people
         self._stop = threading.Event()
+        self._hard = False
         self._on_progress = on_progress
         self._last_progress = 0.0
 
-    def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
+    def request_stop(self, kind: EndReason, message: str) -> None:
+        if self.stop_kind is None:
+            self.stop_kind, self.stop_reason = kind, message
         self._stop.set()
 
+    def hard_stop(self) -> None:
+        """The job ignored its stop request: interrupt it at its next labd call."""
+        self._hard = True
+        self._stop.set()
+
+    def interrupt_point(self) -> None:
+        if self._hard:
+            raise JobInterrupted(self.stop_reason)
+
     def should_stop(self) -> bool:
+        self.interrupt_point()
         return self._stop.is_set()
 
     def check_stop(self) -> None:
+        self.interrupt_point()
         if self._stop.is_set():
             raise Stopped(self.stop_reason or "stopped")
 
     def progress(self, done: float, total: float) -> None:
+        self.interrupt_point()
         now = time.monotonic()
         if done >= total or now - self._last_progress >= 0.2:  # throttle the push events
             self._last_progress = now
@@ -113,6 +155,9 @@ def _scalars(results: dict[str, Any]) -> dict[str, Any]:
 
 
 class Executor:
+    """Owns the one board thread. The thread survives anything a job does (each run is
+    wrapped), and ``state`` tells health whether it is idle, busy or dead."""
+
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
                  router: LogRouter) -> None:
@@ -123,13 +168,47 @@ class Executor:
         self.max_log_bytes = max_log_bytes
         self.router = router
         self._yaml_cache: dict[str, dict[str, Any]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labd-executor")
-        self.thread_ident: int | None = self.pool.submit(threading.get_ident).result()
-        router.thread_id = self.thread_ident
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._experiment_roots = tuple(
+            str(Path(p).resolve()) + os.sep for pkg in loader.allowed
+            for p in importlib.import_module(pkg).__path__)
+        self.busy_with: str | None = None         # job ID the thread is running
+        self._thread = threading.Thread(target=self._loop, name="labd-executor", daemon=True)
+        self._thread.start()
+        router.thread_id = self._thread.ident
+
+    @property
+    def state(self) -> str:
+        if not self._thread.is_alive():
+            return "dead"
+        return "idle" if self.busy_with is None else "busy"
 
     def submit(self, spec: JobSpec, ctx: JobContext,
                on_log: Callable[[str, str], None] | None = None) -> Future:
-        return self.pool.submit(self._run, spec, ctx, on_log)
+        fut: Future = Future()
+        self._work.put((fut, spec, ctx, on_log))
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            fut: Future | None = None
+            try:
+                item = self._work.get()
+                if item is None:
+                    return
+                fut, spec, ctx, on_log = item
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                self.busy_with = spec.job_id
+                fut.set_result(self._run(spec, ctx, on_log))
+            except BaseException as exc:  # never let a job take the thread down
+                if not isinstance(exc, JobInterrupted):
+                    log.exception("executor: a job raised outside its run")
+                if fut is not None and not fut.done():
+                    fut.set_result(Outcome(EndReason.ERROR, "interrupted outside the "
+                                           "experiment; the daemon log has the details"))
+            finally:
+                self.busy_with = None
 
     def _parsed_yaml(self, sha256: str, content: str) -> dict[str, Any]:
         """Parsed config, cached by content hash (parsing cost more than the rest of a short
@@ -139,14 +218,30 @@ class Executor:
             parsed = self._yaml_cache[sha256] = yaml.load(content, Loader=_YamlLoader) or {}
         return copy.deepcopy(parsed)
 
-    def interrupt(self) -> None:
-        """Last resort for a job that ignores its stop flag: raise in the thread."""
-        if self.thread_ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.thread_ident), ctypes.py_object(JobInterrupted))
+    def interrupt(self, job_id: str) -> bool:
+        """Inject JobInterrupted into the board thread, but only while it runs ``job_id``
+        and its current frame is experiment code: the interpreter raises it at the next
+        bytecode check, i.e. in that code or on entry to the next function it calls, never
+        inside a lock taken further down (the logging deadlock of an unrestricted async
+        exception). A stray one that lands in labd's own code after the job returned is
+        caught by the thread's loop; ``clear_interrupt`` cancels one not yet raised."""
+        ident = self._thread.ident
+        if self.busy_with != job_id or ident is None:
+            return False
+        frame = sys._current_frames().get(ident)
+        if frame is None or not frame.f_code.co_filename.startswith(self._experiment_roots):
+            return False
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                   ctypes.py_object(JobInterrupted))
+        return True
+
+    def clear_interrupt(self) -> None:
+        if self._thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread.ident),
+                                                       ctypes.c_void_p(0))
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self._work.put(None)
 
     # ---- in the executor thread --------------------------------------------------
     def _run(self, spec: JobSpec, ctx: JobContext,
@@ -155,22 +250,25 @@ class Executor:
             jl = JobLog(spec.log_path, self.max_log_bytes,
                         (lambda text: on_log(spec.job_id, text)) if on_log else None)
         except OSError as exc:  # nothing could be saved either: fail before any hardware
-            return Outcome(JobStatus.FAILED, f"cannot write to the data directory "
+            return Outcome(EndReason.ERROR, f"cannot write to the data directory "
                            f"{spec.log_path.parent}: {exc.strerror or exc}")
         self.router.current = jl
+        self.router.interrupt_point = ctx.interrupt_point
         try:
             out = self._run_logged(spec, ctx)
-            out.finished_at = utcnow()
-            return out
         except JobInterrupted:
-            return Outcome(JobStatus.FAILED, f"{ctx.stop_reason or 'interrupted'}; the "
-                           "experiment ignored the stop request and was interrupted")
+            out = Outcome(ctx.stop_kind or EndReason.ERROR,
+                          f"{ctx.stop_reason or 'interrupted'}; the experiment ignored the "
+                          "stop request and was interrupted at its next labd call")
         finally:
             self.router.current = None
+            self.router.interrupt_point = None
             jl.close()
+        out.finished_at = utcnow()
+        return out
 
     def _run_logged(self, spec: JobSpec, ctx: JobContext) -> Outcome:
-        out = Outcome(JobStatus.FAILED)
+        out = Outcome(EndReason.ERROR)
         saved = False
         try:
             ctx.check_stop()  # cancelled while it was being started
@@ -234,17 +332,16 @@ class Executor:
                 except Exception as exc:
                     analysis_error = f"saving fit results failed: {type(exc).__name__}: {exc}"
                 out.results = _scalars(results)
-            out.status = JobStatus.COMPLETED
+            out.reason = EndReason.COMPLETED
             if analysis_error:
                 out.error_message = f"analysis failed (raw data saved): {analysis_error}"
         except Stopped as exc:
-            reason = ctx.stop_reason or str(exc)
-            out.status = JobStatus.CANCELLED if reason.startswith("cancelled") \
-                else JobStatus.FAILED
-            out.error_message = reason + ("; raw data saved" if saved else "")
+            out.reason = ctx.stop_kind or EndReason.ERROR
+            out.error_message = (ctx.stop_reason or str(exc)) + ("; raw data saved"
+                                                                  if saved else "")
             job_log.warning("stopped: %s", out.error_message)
         except Exception as exc:
-            out.status = JobStatus.FAILED
+            out.reason = EndReason.ERROR
             out.error_message = f"{type(exc).__name__}: {exc}"
             job_log.error("job failed:\n%s", traceback.format_exc())
         return out

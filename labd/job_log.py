@@ -59,6 +59,9 @@ class LogRouter:
     def __init__(self) -> None:
         self.thread_id: int | None = None
         self.current: JobLog | None = None
+        # The running job's safe point: a job that ignored its stop request is interrupted
+        # at its next print or log call (raised here, outside any lock of ours).
+        self.interrupt_point: Callable[[], None] | None = None
         self._handler = _JobLogHandler(self)
 
     def install(self) -> None:
@@ -77,6 +80,8 @@ class LogRouter:
 
     def target(self) -> JobLog | None:
         if self.current is not None and threading.get_ident() == self.thread_id:
+            if self.interrupt_point is not None:
+                self.interrupt_point()
             return self.current
         return None
 

@@ -91,6 +91,8 @@ class Job(BaseModel):
     module_sha256: str | None = None
     module_git_rev: str | None = None
     progress: float | None = None
+    phase: str | None = None           # where an active job is (RunPhase); None once final
+    end_reason: str | None = None      # why it ended (EndReason)
     results: dict[str, Any] = {}
     held: bool = False
     after_job: str | None = None

@@ -128,6 +128,12 @@ class RpcServer:
         for conn in list(self.connections):
             conn.writer.close()
 
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for the calls in flight, e.g. at shutdown before the store
+        closes under them."""
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=timeout)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         try:

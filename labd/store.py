@@ -1,91 +1,41 @@
-"""Durable state in SQLite through aiosqlite. The daemon is the only process that opens
-the database; all writes go through one group-commit writer, so concurrent submits share
-one transaction (and one fsync) and each caller is acknowledged only after the commit."""
+"""Durable state in SQLite through aiosqlite's public API. The daemon is the only process that
+opens the database; every write goes through one group-commit writer, so concurrent callers
+share one transaction (and one fsync), each is acknowledged only after the commit, and one
+caller's failing statement never fails another's (the group is replayed caller by caller).
+
+Every SQL statement of the scheduler lives here, named for what it does."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
 import sqlite3
-import threading
+from collections import deque
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import aiosqlite
 
+from .migrations import migrate
 from .models import Job
 
 log = logging.getLogger(__name__)
 
-Op = tuple[str, Sequence[Any]]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL CHECK (status IN ('pending','running','completed','failed','cancelled')),
-    user TEXT NOT NULL,
-    os_user TEXT NOT NULL,
-    os_uid INTEGER NOT NULL,
-    experiment_class TEXT NOT NULL,
-    experiment_module TEXT NOT NULL,
-    experiment_config TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    data_file_path TEXT,
-    log_path TEXT,
-    error_message TEXT,
-    batch_id TEXT,
-    time_limit_s REAL,
-    config_versions TEXT NOT NULL DEFAULT '{}',
-    pinned_versions TEXT NOT NULL DEFAULT '{}',
-    inline_configs TEXT NOT NULL DEFAULT '{}',
-    module_sha256 TEXT,
-    module_git_rev TEXT,
-    results TEXT NOT NULL DEFAULT '{}',
-    held INTEGER NOT NULL DEFAULT 0,
-    after_job TEXT,
-    not_before TEXT,
-    retry_of TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
-CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user, seq);
-CREATE INDEX IF NOT EXISTS jobs_os_user ON jobs(os_user, seq);
-CREATE INDEX IF NOT EXISTS jobs_class ON jobs(experiment_class, seq);
-CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id) WHERE batch_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS daemon_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS counters (
-    prefix TEXT PRIMARY KEY, day TEXT NOT NULL, last INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS config_versions (
-    version_id TEXT PRIMARY KEY,
-    type TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    filename TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    message TEXT,
-    UNIQUE (type, sha256)
-);
-CREATE TABLE IF NOT EXISTS config_main_history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    type TEXT NOT NULL,
-    version_id TEXT NOT NULL REFERENCES config_versions(version_id),
-    set_at TEXT NOT NULL,
-    set_by TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS config_main_type ON config_main_history(type, id);
-"""
+class Op(NamedTuple):
+    """One statement of a write. ``expect_rows``: the statement must change exactly that
+    many rows, else the caller's whole write is rolled back (compare-and-set)."""
+    sql: str
+    params: Sequence[Any] = ()
+    expect_rows: int | None = None
+
 
 JOB_COLUMNS = (
     "job_id", "status", "user", "os_user", "os_uid", "experiment_class", "experiment_module",
     "experiment_config", "priority", "created_at", "started_at", "finished_at",
     "data_file_path", "log_path", "error_message", "batch_id", "time_limit_s",
     "config_versions", "pinned_versions", "inline_configs", "module_sha256",
-    "module_git_rev", "results", "held", "after_job", "not_before", "retry_of",
+    "module_git_rev", "results", "held", "after_job", "not_before", "retry_of", "end_reason",
 )
 _JSON_COLUMNS = {"experiment_config", "config_versions", "pinned_versions", "results",
                  "inline_configs"}
@@ -93,6 +43,12 @@ INSERT_JOB = (f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) "
               f"VALUES ({', '.join('?' * len(JOB_COLUMNS))})")
 UPSERT_COUNTER = ("INSERT INTO counters(prefix, day, last) VALUES (?, ?, ?) "
                   "ON CONFLICT(prefix) DO UPDATE SET day=excluded.day, last=excluded.last")
+_CLAIM = ("UPDATE jobs SET status='running', started_at=?, config_versions=?, log_path=? "
+          "WHERE job_id=? AND status='pending'")
+_END = ("UPDATE jobs SET status=?, end_reason=?, finished_at=?, error_message=?, "
+        "data_file_path=coalesce(?, data_file_path), module_sha256=coalesce(?, module_sha256),"
+        " module_git_rev=coalesce(?, module_git_rev), results=? "
+        "WHERE job_id=? AND status IN ('pending', 'running')")
 
 
 def job_row(values: dict[str, Any]) -> tuple:
@@ -108,33 +64,31 @@ def row_to_job(row: aiosqlite.Row) -> Job:
     return Job.model_validate(d)
 
 
-def _run_group(conn: sqlite3.Connection, ops: list[Op]) -> None:
-    """In the SQLite thread: all ops in one transaction; consecutive ops with the same SQL
-    go through one executemany."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        i = 0
-        while i < len(ops):
-            sql, j = ops[i][0], i
-            while j < len(ops) and ops[j][0] == sql:
-                j += 1
-            conn.executemany(sql, [p for _, p in ops[i:j]])
-            i = j
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
 class StoreError(RuntimeError):
-    """The database refused a write (disk full, read-only, corrupt)."""
+    """The database refused a write (disk full, read-only, corrupt): the message says which,
+    in words an operator can act on."""
 
 
-def _resolve(batch: list[tuple[Sequence[Op], asyncio.Future]],
-             error: BaseException | None) -> None:
-    for _, fut in batch:
-        if not fut.done():
-            fut.set_exception(error) if error else fut.set_result(None)
+class PreconditionFailed(StoreError):
+    """A compare-and-set statement matched no row: the state changed meanwhile."""
+
+
+def describe(exc: sqlite3.Error, path: Path) -> str:
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return f"the disk holding the labd database ({path.parent}) is full"
+    if name.startswith("SQLITE_READONLY") or name == "SQLITE_CANTOPEN":
+        return f"the labd database {path} is read-only or cannot be opened"
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return f"the labd database {path} is damaged"
+    if name.startswith("SQLITE_IOERR"):
+        return f"I/O error on the labd database {path} ({exc})"
+    return f"database write failed: {exc}"
+
+
+class _Request(NamedTuple):
+    ops: Sequence[Op]
+    fut: asyncio.Future
 
 
 class Store:
@@ -143,72 +97,144 @@ class Store:
         self.synchronous = synchronous
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
-        self._queue: list[tuple[Sequence[Op], asyncio.Future]] = []
-        self._lock = threading.Lock()   # _queue and _draining: loop and SQLite thread
-        self._draining: asyncio.Future | None = None
+        self._queue: deque[_Request] = deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+        self._closing = False
         self.commits = 0
+        self.last_error: str | None = None   # the latest failed commit, for health
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._w = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in ("journal_mode=WAL", f"synchronous={self.synchronous}",
-                       "foreign_keys=ON", "busy_timeout=5000"):
-            await self._w.execute(f"PRAGMA {pragma}")
-        await self._w.executescript(SCHEMA)
-        # A second connection for reads: it only ever sees committed data, so a reader can
-        # never observe a job whose submit has not been acknowledged.
-        self._r = await aiosqlite.connect(self.path, isolation_level=None)
-        self._r.row_factory = aiosqlite.Row
-        await self._r.execute("PRAGMA query_only=ON")
+        try:
+            for pragma in ("journal_mode=WAL", f"synchronous={self.synchronous}",
+                           "foreign_keys=ON", "busy_timeout=5000"):
+                await self._w.execute(f"PRAGMA {pragma}")
+            await migrate(self._w)
+            # A second connection for reads: it only ever sees committed data, so a reader
+            # can never observe a job whose submit has not been acknowledged.
+            self._r = await aiosqlite.connect(self.path, isolation_level=None)
+            self._r.row_factory = aiosqlite.Row
+            await self._r.execute("PRAGMA query_only=ON")
+        except (sqlite3.Error, RuntimeError) as exc:
+            await self._close_connections()
+            raise StoreError(describe(exc, self.path) if isinstance(exc, sqlite3.Error)
+                             else str(exc)) from None
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:
-        while self._draining is not None:  # let queued writes finish
-            await asyncio.wait({self._draining})
+        """Finish every queued write, then close."""
+        if self._writer is not None:
+            self._closing = True
+            self._wake.set()
+            await self._writer
+            self._writer = None
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
         for c in (self._r, self._w):
             if c is not None:
                 await c.close()
+        self._r = self._w = None
 
     # ---- writes -------------------------------------------------------------------
-    async def write(self, *ops: Op) -> None:
-        """Queue ops for the next group commit and wait until they are durable (raises
-        StoreError if the commit failed)."""
+    async def write(self, *ops: Op | tuple) -> None:
+        """Queue ops for the next group commit and wait until they are durable. Raises
+        StoreError if they were not committed (PreconditionFailed for a failed CAS)."""
+        if self._closing:
+            raise StoreError("labd is shutting down; the database takes no new writes")
         fut = asyncio.get_running_loop().create_future()
-        with self._lock:
-            self._queue.append((ops, fut))
-            if self._draining is None:  # else the SQLite thread takes it after its commit
-                self._start_drain()
+        self._queue.append(_Request([o if isinstance(o, Op) else Op(*o) for o in ops], fut))
+        self._wake.set()
         await fut
 
-    def _start_drain(self) -> None:
-        # aiosqlite's _execute is the primitive its public calls are built on: one hop
-        assert self._w is not None
-        self._draining = asyncio.ensure_future(self._w._execute(
-            self._drain, self._w._conn, asyncio.get_running_loop()))
-
-    def _drain(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
-        """In the SQLite thread: commit whatever is queued, group after group, until the
-        queue is empty. What arrives during a commit goes into the next one, without a
-        round trip through the event loop in between."""
+    async def _write_loop(self) -> None:
+        """Commit whatever is queued, group after group; what arrives during a commit goes
+        into the next one."""
         while True:
-            with self._lock:
-                batch, self._queue = self._queue, []
-                if not batch:
-                    loop.call_soon_threadsafe(self._drained)
-                    return
-            try:
-                _run_group(conn, [op for ops, _ in batch for op in ops])
-                error: BaseException | None = None
-                self.commits += 1
-            except Exception as exc:  # disk full, read-only fs: fail this group, go on
-                log.error("database write failed: %s", exc)
-                error = StoreError(f"database write failed: {exc}")
-            loop.call_soon_threadsafe(_resolve, batch, error)
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = list(self._queue)
+                self._queue.clear()
+                await self._commit_group(batch)
+            if self._closing:
+                return
 
-    def _drained(self) -> None:
-        with self._lock:
-            self._draining = None
-            if self._queue:  # queued after the thread's last look: start it again
-                self._start_drain()
+    async def _commit_group(self, batch: list[_Request]) -> None:
+        try:
+            await self._transaction([op for r in batch for op in r.ops])
+        except (sqlite3.Error, PreconditionFailed) as exc:
+            if len(batch) == 1 or self._is_commit_failure(exc):
+                self._fail(batch, exc)
+                return
+            # One caller's statement failed: replay each caller alone, so only it fails.
+            for r in batch:
+                try:
+                    await self._transaction(r.ops)
+                except (sqlite3.Error, PreconditionFailed) as one:
+                    self._fail([r], one)
+                else:
+                    self._done([r])
+            return
+        self._done(batch)
+
+    @staticmethod
+    def _is_commit_failure(exc: BaseException) -> bool:
+        """Failures that no caller caused (disk full, I/O): replaying would fail again."""
+        name = getattr(exc, "sqlite_errorname", "")
+        return name == "SQLITE_FULL" or name.startswith(("SQLITE_IOERR", "SQLITE_READONLY",
+                                                         "SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+    async def _transaction(self, ops: Sequence[Op]) -> None:
+        """All ops in one transaction; consecutive unconditional ops with the same SQL go
+        through one executemany."""
+        w = self._w
+        assert w is not None
+        await w.execute("BEGIN IMMEDIATE")
+        try:
+            i = 0
+            while i < len(ops):
+                op = ops[i]
+                if op.expect_rows is not None:
+                    cur = await w.execute(op.sql, op.params)
+                    if cur.rowcount != op.expect_rows:
+                        raise PreconditionFailed(f"{op.sql.split()[0].lower()} changed "
+                                                 f"{cur.rowcount} rows, not {op.expect_rows}")
+                    i += 1
+                    continue
+                j = i
+                while j < len(ops) and ops[j].sql == op.sql and ops[j].expect_rows is None:
+                    j += 1
+                await w.executemany(op.sql, [o.params for o in ops[i:j]])
+                i = j
+            await w.execute("COMMIT")
+        except BaseException:
+            if w.in_transaction:  # a failed COMMIT may already have rolled back
+                try:
+                    await w.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback failed")
+            raise
+
+    def _done(self, batch: list[_Request]) -> None:
+        self.commits += 1
+        self.last_error = None
+        for r in batch:
+            if not r.fut.done():
+                r.fut.set_result(None)
+
+    def _fail(self, batch: list[_Request], exc: BaseException) -> None:
+        if isinstance(exc, PreconditionFailed):
+            error: StoreError = exc
+        else:
+            error = StoreError(describe(exc, self.path))  # type: ignore[arg-type]
+            self.last_error = str(error)
+            log.error("database write failed: %s", exc)
+        for r in batch:
+            if not r.fut.done():
+                r.fut.set_exception(error)
 
     # ---- reads --------------------------------------------------------------------
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
@@ -220,22 +246,33 @@ class Store:
         return rows[0] if rows else None
 
     async def get_job(self, job_id: str) -> Job | None:
-        row = await self.fetchone("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        row = await self.get_job_row(job_id)
         return row_to_job(row) if row else None
 
     async def get_job_row(self, job_id: str) -> aiosqlite.Row | None:
         return await self.fetchone("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+
+    async def job_status(self, job_id: str) -> str | None:
+        row = await self.fetchone("SELECT status FROM jobs WHERE job_id = ?", (job_id,))
+        return row["status"] if row else None
 
     async def counters(self) -> dict[str, tuple[str, int]]:
         rows = await self.fetchall("SELECT prefix, day, last FROM counters")
         return {r["prefix"]: (r["day"], r["last"]) for r in rows}
 
     async def pending_rows(self) -> list[aiosqlite.Row]:
-        """Pending jobs in submit order: the heap is rebuilt from these on start."""
+        """Pending jobs in submit order: the queue is rebuilt from these on start."""
         return await self.fetchall(
             "SELECT seq, job_id, user, os_user, os_uid, experiment_class, experiment_module,"
             " priority, created_at, batch_id, held, after_job, not_before FROM jobs"
             " WHERE status = 'pending' ORDER BY seq")
+
+    async def recent_durations(self, limit: int = 5000) -> list[aiosqlite.Row]:
+        """Run times of the latest completed jobs, oldest first (for estimates)."""
+        rows = await self.fetchall(
+            "SELECT experiment_class, started_at, finished_at FROM jobs "
+            "WHERE status = 'completed' ORDER BY seq DESC LIMIT ?", (limit,))
+        return rows[::-1]
 
     async def history(self, *, user: str | None, os_user: str | None, status: str | None,
                       experiment: str | None, since: str | None, batch_id: str | None,
@@ -262,18 +299,44 @@ class Store:
         row = await self.fetchone("SELECT value FROM daemon_state WHERE key = ?", (key,))
         return row["value"] if row else None
 
-    async def set_state(self, key: str, value: str) -> None:
-        await self.write(("INSERT INTO daemon_state(key, value) VALUES (?, ?) ON CONFLICT(key)"
-                          " DO UPDATE SET value = excluded.value", (key, value)))
+    # ---- job writes (ops, so callers can share a commit) ----------------------------
+    @staticmethod
+    def insert_jobs(jobs: list[dict[str, Any]], counter_row: tuple) -> list[Op]:
+        return [*(Op(INSERT_JOB, job_row(j)) for j in jobs), Op(UPSERT_COUNTER, counter_row)]
 
-    async def recover_running(self, now: str) -> list[str]:
-        """Jobs left ``running`` by a crash: the run was interrupted, never silently retried."""
+    @staticmethod
+    def claim(job_id: str, started_at: str, versions: dict[str, str], log_path: str) -> Op:
+        """pending -> running; fails (PreconditionFailed) unless the job is still pending."""
+        return Op(_CLAIM, (started_at, json.dumps(versions), log_path, job_id), 1)
+
+    @staticmethod
+    def end(job_id: str, status: str, reason: str, finished_at: str, message: str | None,
+            data_file_path: str | None = None, module_sha256: str | None = None,
+            module_git_rev: str | None = None, results: dict[str, Any] | None = None) -> Op:
+        """pending or running -> a terminal status, with its reason."""
+        return Op(_END, (status, reason, finished_at, message, data_file_path, module_sha256,
+                         module_git_rev, json.dumps(results or {}), job_id), 1)
+
+    @staticmethod
+    def set_held(job_id: str, held: bool) -> Op:
+        return Op("UPDATE jobs SET held=? WHERE job_id=? AND status='pending'",
+                  (int(held), job_id), 1)
+
+    @staticmethod
+    def set_after(job_id: str, after: str | None) -> Op:
+        return Op("UPDATE jobs SET after_job=? WHERE job_id=? AND status='pending'",
+                  (after, job_id), 1)
+
+    @staticmethod
+    def set_priority(job_id: str, priority: int) -> Op:
+        return Op("UPDATE jobs SET priority=? WHERE job_id=? AND status='pending'",
+                  (priority, job_id), 1)
+
+    @staticmethod
+    def set_state(key: str, value: str) -> Op:
+        return Op("INSERT INTO daemon_state(key, value) VALUES (?, ?) ON CONFLICT(key) "
+                  "DO UPDATE SET value = excluded.value", (key, value))
+
+    async def running_job_ids(self) -> list[str]:
         rows = await self.fetchall("SELECT job_id FROM jobs WHERE status = 'running'")
-        ids = [r["job_id"] for r in rows]
-        if ids:
-            await self.write(*[(
-                "UPDATE jobs SET status='failed', finished_at=?, error_message=? "
-                "WHERE job_id=? AND status='running'",
-                (now, "interrupted: daemon stopped during run", jid)) for jid in ids])
-        return ids
-
+        return [r["job_id"] for r in rows]

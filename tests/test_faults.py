@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from labd_client import Client, InvalidParams, LimitExceeded
+from labd_client import Client, InvalidParams, LimitExceeded, Unavailable
 
 FAULTS = "labtest_experiments.faults"
 NOOP = ("NoOpExperiment", "experiments.diagnostics.noop")
@@ -138,3 +138,36 @@ def test_database_full_when_a_job_starts_keeps_it_pending(make_daemon, tiny_fs, 
         assert job.is_successful(), job.error_message
         log = (tmp_path / "data" / job_id.split("-")[1] / f"{job_id}.log").read_text()
         assert log.count(f"job {job_id}:") == 1  # it ran once, after the failed starts
+
+
+def test_state_disk_full_refuses_clearly_retries_outcomes_and_recovers(make_daemon, tiny_fs,
+                                                                       tmp_path):
+    """#15: with the state disk full, a submit is refused with a message naming the full
+    disk (not "cannot rollback"); a job that ends meanwhile keeps its outcome in memory,
+    shown as not stored yet, and it is stored without a restart once there is room."""
+    d = make_daemon(state_dir=str(tiny_fs / "state"), output_root=str(tmp_path / "data"))
+    batch = [{"experiment_class": NOOP[0], "experiment_module": NOOP[1]}] * 300
+    with Client(d.socket) as c:
+        running = c.submit("SleepExperiment", "experiments.diagnostics.sleep",
+                           {"seconds": 60, "steps": 600})
+        deadline = time.monotonic() + 30
+        while c.get(running).status != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        c.pause()
+        filler = fill(tiny_fs)
+        with pytest.raises(Unavailable, match="the disk holding the labd database .* is full"):
+            for _ in range(20):  # until the WAL has to grow
+                c.submit_batch(batch)
+        c.cancel(running)
+        while "not stored yet" not in (c.get(running).error_message or ""):
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.02)
+        job = c.get(running)
+        assert job.status == "cancelled" and job.phase == "finishing"
+        assert c.health()["status"].startswith("degraded: 1 job outcomes not stored yet")
+        filler.unlink()
+        job = c.wait(running, timeout=30)
+        assert job.status == "cancelled" and job.phase is None
+        assert c.health()["status"] == "paused"
+        c.submit_batch(batch)

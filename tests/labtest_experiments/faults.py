@@ -1,6 +1,7 @@
 """One experiment per way a job can go wrong."""
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -39,11 +40,45 @@ class IgnoresStop(Experiment):
     config_model = FaultConfig
 
     def acquire(self):
+        print("busy", flush=True)
         end = time.monotonic() + self.cfg.seconds
         x = 0
         while time.monotonic() < end:
             x += 1
         return {"xpts": [float(x)]}
+
+
+class LogsIgnoringStop(Experiment):
+    """Logs and prints in a tight loop, never checks its stop flag and swallows every
+    Exception: only labd's interrupt can end it (an unrestricted async exception once
+    landed inside the logging lock here and froze the daemon)."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        log = logging.getLogger("labtest.chatty")
+        end = time.monotonic() + self.cfg.seconds
+        i = 0
+        while time.monotonic() < end:
+            try:
+                log.info("step %d", i)
+                print("tick", i)
+            except Exception:
+                pass
+            i += 1
+        return {"xpts": [float(i)]}
+
+
+class CyclicHog(Experiment):
+    """Holds ``size_mb`` of data in a reference cycle until it is stopped: garbage only the
+    cyclic GC can free (a gc.freeze() while it ran used to keep it forever)."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        hog = {"data": np.ones(self.cfg.size_mb * 1024 * 1024 // 8)}
+        hog["self"] = hog
+        while True:
+            self.ctx.check_stop()
+            time.sleep(0.01)
 
 
 class StuckInC(Experiment):

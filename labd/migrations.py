@@ -1,0 +1,108 @@
+"""Schema versions, tracked in ``PRAGMA user_version``. Version 0 is the schema labd first
+shipped (databases made before migrations existed carry it); each step moves one version
+forward inside one transaction, so a crash mid-upgrade leaves the old version intact.
+Never edit a step that has shipped: add one."""
+from __future__ import annotations
+
+import aiosqlite
+
+BASELINE = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('pending','running','completed','failed','cancelled')),
+    user TEXT NOT NULL,
+    os_user TEXT NOT NULL,
+    os_uid INTEGER NOT NULL,
+    experiment_class TEXT NOT NULL,
+    experiment_module TEXT NOT NULL,
+    experiment_config TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    data_file_path TEXT,
+    log_path TEXT,
+    error_message TEXT,
+    batch_id TEXT,
+    time_limit_s REAL,
+    config_versions TEXT NOT NULL DEFAULT '{}',
+    pinned_versions TEXT NOT NULL DEFAULT '{}',
+    inline_configs TEXT NOT NULL DEFAULT '{}',
+    module_sha256 TEXT,
+    module_git_rev TEXT,
+    results TEXT NOT NULL DEFAULT '{}',
+    held INTEGER NOT NULL DEFAULT 0,
+    after_job TEXT,
+    not_before TEXT,
+    retry_of TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user, seq);
+CREATE INDEX IF NOT EXISTS jobs_os_user ON jobs(os_user, seq);
+CREATE INDEX IF NOT EXISTS jobs_class ON jobs(experiment_class, seq);
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id) WHERE batch_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS daemon_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (
+    prefix TEXT PRIMARY KEY, day TEXT NOT NULL, last INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS config_versions (
+    version_id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    filename TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    message TEXT,
+    UNIQUE (type, sha256)
+);
+CREATE TABLE IF NOT EXISTS config_main_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    version_id TEXT NOT NULL REFERENCES config_versions(version_id),
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS config_main_type ON config_main_history(type, id);
+"""
+
+# Step N takes a database from version N to N + 1.
+STEPS: list[list[str]] = [
+    # 1: why a job ended, as a typed reason (EndReason) instead of parsing its message
+    [
+        "ALTER TABLE jobs ADD COLUMN end_reason TEXT",
+        "UPDATE jobs SET end_reason = 'completed' WHERE status = 'completed'",
+        "UPDATE jobs SET end_reason = CASE "
+        " WHEN error_message LIKE 'cancelled: dependency%' THEN 'dependency'"
+        " ELSE 'cancelled' END WHERE status = 'cancelled'",
+        "UPDATE jobs SET end_reason = CASE "
+        " WHEN error_message LIKE 'interrupted: daemon stopped%' THEN 'crash'"
+        " WHEN error_message LIKE 'interrupted: daemon shut down%' THEN 'shutdown'"
+        " WHEN error_message LIKE 'time limit exceeded%' THEN 'time_limit'"
+        " ELSE 'error' END WHERE status = 'failed'",
+    ],
+]
+VERSION = len(STEPS)
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the database to VERSION; returns the version it had. A database from a newer
+    labd is refused rather than guessed at."""
+    (have,) = await (await conn.execute("PRAGMA user_version")).fetchone()
+    if have > VERSION:
+        raise RuntimeError(f"the database has schema version {have}, newer than this labd "
+                           f"understands ({VERSION}); run the newer labd")
+    if have == 0:
+        await conn.executescript(BASELINE)
+    for n in range(have, VERSION):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in STEPS[n]:
+                await conn.execute(sql)
+            await conn.execute(f"PRAGMA user_version = {n + 1}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+    return have

@@ -1,0 +1,126 @@
+"""An in-process scheduler over a real Store (SQLite file) and real ConfigStore, with a fake
+executor and gates on store writes, so tests drive races step by step with events they
+control instead of sleeps."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from pathlib import Path
+from typing import Any, Callable
+
+from labd.config_store import ConfigStore
+from labd.events import EventBus
+from labd.executor import Outcome
+from labd.identity import Peer
+from labd.scheduler.core import Scheduler
+from labd.scheduler.states import EndReason
+from labd.settings import Settings
+from labd.store import Store
+
+ALICE = Peer(uid=1000, gid=1000, pid=1, username="alice", is_admin=False)
+ROOT = Peer(uid=0, gid=0, pid=1, username="root", is_admin=True)
+
+
+class FakeExecutor:
+    """Records each job handed to the board; the test decides when and how it ends."""
+    board = None
+    state = "idle"
+    busy_with: str | None = None
+
+    def __init__(self) -> None:
+        self.started: asyncio.Queue = asyncio.Queue()
+        self.futures: dict[str, concurrent.futures.Future] = {}
+
+    def submit(self, spec: Any, ctx: Any, on_log: Any = None) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut.set_running_or_notify_cancel()
+        self.futures[spec.job_id] = fut
+        self.started.put_nowait(spec.job_id)
+        return fut
+
+    def finish(self, job_id: str, reason: EndReason = EndReason.COMPLETED) -> None:
+        self.futures[job_id].set_result(Outcome(reason))
+
+    def interrupt(self, job_id: str) -> bool:
+        return False
+
+    def clear_interrupt(self) -> None:
+        pass
+
+
+class GatedStore(Store):
+    """A real Store whose writes can be held at a gate the test opens."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gates: list[tuple[Callable[[str], bool], asyncio.Event, asyncio.Event]] = []
+
+    def gate(self, match: Callable[[str], bool]) -> tuple[asyncio.Event, asyncio.Event]:
+        """Hold the next write with an op whose SQL matches; returns (reached, open)."""
+        reached, release = asyncio.Event(), asyncio.Event()
+        self.gates.append((match, reached, release))
+        return reached, release
+
+    async def write(self, *ops: Any) -> None:
+        for g in list(self.gates):
+            match, reached, release = g
+            if any(match(op[0]) for op in ops):
+                self.gates.remove(g)
+                reached.set()
+                await release.wait()
+                break
+        await super().write(*ops)
+
+
+class Harness:
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        self.settings = Settings(state_dir=tmp / "state", socket_path=tmp / "s.sock",
+                                 **settings)
+        self.store = GatedStore(self.settings.db_path)
+        self.executor = FakeExecutor()
+        self.events = EventBus()
+        self.log: list[dict[str, Any]] = []
+        self.events.listeners.append(self.log.append)
+
+    async def __aenter__(self) -> "Harness":
+        await self.store.open()
+        counters = await self.store.counters()
+        self.configs = ConfigStore(self.settings, self.store)
+        await self.configs.open(counters)
+        self.sched = Scheduler(self.settings, self.store, self.configs, self.executor,
+                               self.events)
+        await self.sched.start(counters)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for fut in self.executor.futures.values():
+            if not fut.done():
+                fut.set_result(Outcome(EndReason.SHUTDOWN))
+        await self.sched.stop()
+        await self.store.close()
+
+    @staticmethod
+    def job(peer: Peer = ALICE, **fields: Any) -> dict[str, Any]:
+        """A validated submit's fields (what the submit method hands the scheduler)."""
+        return {"user": peer.username, "experiment_class": "NoOpExperiment",
+                "experiment_module": "experiments.diagnostics.noop", "experiment_config": {},
+                "priority": 0, "time_limit_s": None, "pinned_versions": {},
+                "batch_id": None, "held": 0, "after_job": None, "retry_of": None,
+                "not_before": None, **fields}
+
+    async def submit(self, peer: Peer = ALICE, **fields: Any) -> str:
+        [job_id] = await self.sched.enqueue(peer, [self.job(peer, **fields)])
+        return job_id
+
+    async def started(self) -> str:
+        """The next job handed to the (fake) board."""
+        return await asyncio.wait_for(self.executor.started.get(), 10)
+
+    async def final(self, job_id: str) -> Any:
+        """Wait until the job's outcome is stored; returns the stored job."""
+        fut = self.events.waiter(job_id)
+        job = await self.store.get_job(job_id)
+        if not job.is_terminal():
+            await asyncio.wait_for(fut, 10)
+        self.events.drop_waiter(job_id, fut)
+        return await self.store.get_job(job_id)
