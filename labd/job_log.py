@@ -123,9 +123,14 @@ class _JobLogHandler(logging.Handler):
 def read_log(path: Path, offset: int, max_bytes: int, final: bool) -> tuple[str, int]:
     """Text from ``offset`` ending at a line end (unless the log is final), and the offset to
     continue from. A single line longer than ``max_bytes`` is returned in pieces cut at a
-    UTF-8 character boundary."""
+    UTF-8 character boundary. An offset past the end (even beyond what a file offset can
+    hold) just has nothing to read yet."""
+    if offset < 0:
+        raise ValueError("log offset must be >= 0")
     try:
         with open(path, "rb") as fh:
+            if offset >= os.fstat(fh.fileno()).st_size:
+                return "", offset
             fh.seek(offset)
             data = fh.read(max_bytes)
     except FileNotFoundError:
