@@ -3,6 +3,7 @@ to ``<job_id>.log`` beside its data. Readers page through it by byte offset and 
 whole lines (``\\n`` or ``\\r`` terminated), so a progress bar is never duplicated."""
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -24,7 +25,11 @@ class JobLog:
         self.max_bytes = max_bytes
         self.size = 0
         self.truncated = False
-        self._fh = open(path, "ab", buffering=0)
+        try:  # a new file: a job ID reused after a lost database must not add to another's log
+            self._fh = open(path, "xb", buffering=0)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "a log for this job ID already exists; labd "
+                                  "never writes into another job's files", str(path)) from None
         self._on_text = on_text
 
     def write(self, text: str) -> None:
