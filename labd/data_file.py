@@ -1,5 +1,6 @@
 """One HDF5 file per job, written to a temp name and linked to its final name (never over
-an existing file), so a file under its final name is always complete. Layout (readers of the predecessor's files keep working):
+an existing file), so a file under its final name is always complete. Layout (readers of
+the predecessor's files keep working):
 
 - root attr ``config``: JSON of the full merged config (device, hw, aliases,
   data_management, expt), plus job metadata attrs (job_id, user, os_user, versions, ...)
