@@ -1,7 +1,9 @@
-"""The one executor thread that owns the hardware. It runs a job start to finish:
-load the experiment (allow-listed), apply the pre-job setpoint, acquire, save the raw data,
-analyze, add the fit results. It never touches the database: it returns an Outcome and the
-scheduler records it."""
+"""The board thread, then the save and analysis threads. The board thread owns the hardware
+only while a job acquires: load the experiment (allow-listed), apply the pre-job setpoint,
+acquire. The raw data then go to the save thread, which writes them durably (the file under
+its final name) *before* any fit runs; the analysis thread fits and adds the results. The
+board thread meanwhile acquires the next job. None of them touches the database: the
+scheduler records outcomes."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +37,6 @@ from .scheduler.states import EndReason
 log = logging.getLogger(__name__)
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 job_log = logging.getLogger("labd.job")
-
-
-class DataSaveError(RuntimeError):
-    """The data file could not be written (disk full, read-only, permissions)."""
 
 
 class JobInterrupted(BaseException):
@@ -154,9 +153,25 @@ def _scalars(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class Acquired:
+    """A finished acquisition on its way from the board thread to the analysis thread."""
+    spec: JobSpec
+    ctx: JobContext
+    log: JobLog
+    exp: Experiment
+    data: dict[str, np.ndarray]
+    merged: dict[str, Any]
+    meta: dict[str, Any]
+    contents: dict[str, Any]
+    loaded: Any
+
+
 class Executor:
-    """Owns the one board thread. The thread survives anything a job does (each run is
-    wrapped), and ``state`` tells health whether it is idle, busy or dead."""
+    """Owns the board thread and the analysis thread. Neither can be killed by a job (each
+    run is wrapped); ``state`` tells health whether the board thread is idle, busy or dead.
+    ``gaps`` keeps the board's idle time between the end of one acquisition and the start
+    of the next (what the board-idle benchmark reports)."""
 
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
@@ -172,10 +187,16 @@ class Executor:
         self._experiment_roots = tuple(
             str(Path(p).resolve()) + os.sep for pkg in loader.allowed
             for p in importlib.import_module(pkg).__path__)
-        self.busy_with: str | None = None         # job ID the thread is running
-        self._thread = threading.Thread(target=self._loop, name="labd-executor", daemon=True)
+        self.busy_with: str | None = None         # job ID the board thread is running
+        self.acquisitions = 0
+        self.gaps: deque[float] = deque(maxlen=100_000)  # seconds the board sat idle
+        self._last_acquire_end: float | None = None
+        self._to_save: queue.SimpleQueue = queue.SimpleQueue()
+        self._to_fit: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="labd-board", daemon=True)
         self._thread.start()
-        router.thread_id = self._thread.ident
+        for name, loop in (("labd-save", self._save_loop), ("labd-analysis", self._fit_loop)):
+            threading.Thread(target=loop, name=name, daemon=True).start()
 
     @property
     def state(self) -> str:
@@ -184,29 +205,40 @@ class Executor:
         return "idle" if self.busy_with is None else "busy"
 
     def submit(self, spec: JobSpec, ctx: JobContext,
-               on_log: Callable[[str, str], None] | None = None) -> Future:
-        fut: Future = Future()
-        self._work.put((fut, spec, ctx, on_log))
-        return fut
+               on_log: Callable[[str, str], None] | None = None) -> tuple[Future, Future]:
+        """Queue a job; returns (board free, outcome): the first resolves when its
+        acquisition has ended, the second with the job's Outcome once its data and fits
+        are saved."""
+        acquired: Future = Future()
+        done: Future = Future()
+        self._work.put((acquired, done, spec, ctx, on_log))
+        return acquired, done
 
     def _loop(self) -> None:
         while True:
-            fut: Future | None = None
+            acquired: Future | None = None
+            done: Future | None = None
             try:
                 item = self._work.get()
                 if item is None:
                     return
-                fut, spec, ctx, on_log = item
-                if not fut.set_running_or_notify_cancel():
-                    continue
+                acquired, done, spec, ctx, on_log = item
                 self.busy_with = spec.job_id
-                fut.set_result(self._run(spec, ctx, on_log))
+                result = self._run(spec, ctx, on_log)
+                self.busy_with = None
+                acquired.set_result(None)
+                if isinstance(result, Outcome):
+                    result.finished_at = utcnow()
+                    done.set_result(result)
+                else:
+                    self._to_save.put((result, done))
             except BaseException as exc:  # never let a job take the thread down
                 if not isinstance(exc, JobInterrupted):
                     log.exception("executor: a job raised outside its run")
-                if fut is not None and not fut.done():
-                    fut.set_result(Outcome(EndReason.ERROR, "interrupted outside the "
-                                           "experiment; the daemon log has the details"))
+                for fut in (acquired, done):
+                    if fut is not None and not fut.done():
+                        fut.set_result(Outcome(EndReason.ERROR, "interrupted outside the "
+                                               "experiment; the daemon log has the details"))
             finally:
                 self.busy_with = None
 
@@ -241,41 +273,37 @@ class Executor:
                                                        ctypes.c_void_p(0))
 
     def shutdown(self) -> None:
-        self._work.put(None)
+        for q in (self._work, self._to_save, self._to_fit):
+            q.put(None)
 
-    # ---- in the executor thread --------------------------------------------------
+    # ---- in the board thread ---------------------------------------------------------
     def _run(self, spec: JobSpec, ctx: JobContext,
-             on_log: Callable[[str, str], None] | None) -> Outcome:
+             on_log: Callable[[str, str], None] | None) -> Acquired | Outcome:
         try:
             jl = JobLog(spec.log_path, self.max_log_bytes,
                         (lambda text: on_log(spec.job_id, text)) if on_log else None)
         except OSError as exc:  # nothing could be saved either: fail before any hardware
             return Outcome(EndReason.ERROR, f"cannot write to the data directory "
                            f"{spec.log_path.parent}: {exc.strerror or exc}")
-        self.router.current = jl
-        self.router.interrupt_point = ctx.interrupt_point
+        self.router.attach(jl, ctx.interrupt_point)
         try:
-            out = self._run_logged(spec, ctx)
+            result = self._acquire(spec, ctx, jl)
         except JobInterrupted:
-            out = Outcome(ctx.stop_kind or EndReason.ERROR,
-                          f"{ctx.stop_reason or 'interrupted'}; the experiment ignored the "
-                          "stop request and was interrupted at its next labd call")
+            result = Outcome(ctx.stop_kind or EndReason.ERROR,
+                             f"{ctx.stop_reason or 'interrupted'}; the experiment ignored "
+                             "the stop request and was interrupted at its next labd call")
         finally:
-            self.router.current = None
-            self.router.interrupt_point = None
+            self.router.detach()
+        if isinstance(result, Outcome):
             jl.close()
-        out.finished_at = utcnow()
-        return out
+        return result
 
-    def _run_logged(self, spec: JobSpec, ctx: JobContext) -> Outcome:
-        out = Outcome(EndReason.ERROR)
-        saved = False
+    def _acquire(self, spec: JobSpec, ctx: JobContext, jl: JobLog) -> Acquired | Outcome:
         try:
             ctx.check_stop()  # cancelled while it was being started
             job_log.info("job %s: %s.%s by %s (%s)", spec.job_id, spec.experiment_module,
                          spec.experiment_class, spec.user, spec.os_user)
             loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
-            out.module_sha256, out.module_git_rev = loaded.sha256, loaded.git_rev()
             cfg = self.loader.validate_config(loaded, spec.experiment_config)
             contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
                                "content": self.read_config(row)}
@@ -286,62 +314,111 @@ class Executor:
             exp = loaded.cls(ctx, cfg)
             exp.before_job()
             try:
-                raw = exp.acquire()
+                start = time.monotonic()
+                if self._last_acquire_end is not None:
+                    self.gaps.append(start - self._last_acquire_end)
+                try:
+                    raw = exp.acquire()
+                finally:
+                    self._last_acquire_end = time.monotonic()
+                    self.acquisitions += 1
             finally:
                 exp.after_job()
             data = data_file.check_data(raw)
-            merged = {k: ctx.hardware_config.get(k, {}) for k in ("device", "hw", "aliases")}
-            merged["data_management"] = {"output_root": str(spec.output_root)}
-            merged["expt"] = cfg.model_dump(mode="json")
-            meta = {
-                "job_id": spec.job_id, "user": spec.user, "os_user": spec.os_user,
-                "experiment_class": spec.experiment_class,
-                "experiment_module": spec.experiment_module, "priority": spec.priority,
-                "batch_id": spec.batch_id, "created_at": spec.created_at,
-                "started_at": spec.started_at, "saved_at": utcnow(),
-                "config_versions": {n: c["version_id"] for n, c in contents.items()},
-                "module_sha256": loaded.sha256, "module_git_rev": out.module_git_rev,
-                "labd_version": __version__, "setpoint": setpoint,
-                "hardware": self.board.describe(),
-                "nonfinite_keys": [k for k, a in data.items()
-                                   if a.dtype.kind in "fc" and not np.isfinite(a).all()],
-            }
-            has_analysis = type(exp).analyze is not Experiment.analyze
-            try:
-                data_file.write_raw(spec.data_path, data, merged, meta, contents,
-                                    analysis="pending" if has_analysis else "none")
-            except OSError as exc:
-                raise DataSaveError(f"could not save data to {spec.data_path}: "
-                                    f"{exc.strerror or exc}") from None
-            saved = True
-            out.data_file_path = str(spec.data_path)
-            job_log.info("raw data saved to %s", spec.data_path)
-            analysis_error = None
-            if has_analysis:  # the raw file above is already safe under its final name
-                results: dict[str, Any] = {}
-                try:
-                    results = dict(exp.analyze(dict(data)) or {})
-                except Stopped:
-                    raise
-                except Exception as exc:
-                    analysis_error = f"{type(exc).__name__}: {exc}"
-                    job_log.error("analysis failed (raw data is saved):\n%s",
-                                  traceback.format_exc())
-                try:
-                    data_file.add_results(spec.data_path, results, analysis_error)
-                except Exception as exc:
-                    analysis_error = f"saving fit results failed: {type(exc).__name__}: {exc}"
-                out.results = _scalars(results)
-            out.reason = EndReason.COMPLETED
-            if analysis_error:
-                out.error_message = f"analysis failed (raw data saved): {analysis_error}"
         except Stopped as exc:
-            out.reason = ctx.stop_kind or EndReason.ERROR
-            out.error_message = (ctx.stop_reason or str(exc)) + ("; raw data saved"
-                                                                  if saved else "")
-            job_log.warning("stopped: %s", out.error_message)
+            message = ctx.stop_reason or str(exc)
+            job_log.warning("stopped: %s", message)
+            return Outcome(ctx.stop_kind or EndReason.ERROR, message)
         except Exception as exc:
-            out.reason = EndReason.ERROR
-            out.error_message = f"{type(exc).__name__}: {exc}"
             job_log.error("job failed:\n%s", traceback.format_exc())
+            return Outcome(EndReason.ERROR, f"{type(exc).__name__}: {exc}")
+        merged = {k: ctx.hardware_config.get(k, {}) for k in ("device", "hw", "aliases")}
+        merged["data_management"] = {"output_root": str(spec.output_root)}
+        merged["expt"] = cfg.model_dump(mode="json")
+        meta = {
+            "job_id": spec.job_id, "user": spec.user, "os_user": spec.os_user,
+            "experiment_class": spec.experiment_class,
+            "experiment_module": spec.experiment_module, "priority": spec.priority,
+            "batch_id": spec.batch_id, "created_at": spec.created_at,
+            "started_at": spec.started_at,
+            "config_versions": {n: c["version_id"] for n, c in contents.items()},
+            "module_sha256": loaded.sha256, "labd_version": __version__,
+            "setpoint": setpoint, "hardware": self.board.describe(),
+            "nonfinite_keys": [k for k, a in data.items()
+                               if a.dtype.kind in "fc" and not np.isfinite(a).all()],
+        }
+        return Acquired(spec, ctx, jl, exp, data, merged, meta, contents, loaded)
+
+    # ---- in the save thread, then the analysis thread ----------------------------------
+    # Two threads, so a long fit never delays saving (and completing) the jobs after it.
+    def _save_loop(self) -> None:
+        while (item := self._to_save.get()) is not None:
+            acq, done = item
+            out = self._in_job_log(acq, self._save, acq)
+            if out.reason is EndReason.COMPLETED and out.results is None:
+                self._to_fit.put((acq, out, done))
+            else:
+                self._deliver(acq, out, done)
+
+    def _fit_loop(self) -> None:
+        while (item := self._to_fit.get()) is not None:
+            acq, out, done = item
+            self._deliver(acq, self._in_job_log(acq, self._fit, acq, out), done)
+
+    def _in_job_log(self, acq: Acquired, step: Callable[..., Outcome], *args: Any) -> Outcome:
+        self.router.attach(acq.log)
+        try:
+            return step(*args)
+        except BaseException as exc:  # the outcome must always be delivered
+            log.exception("%s of %s failed", step.__name__, acq.spec.job_id)
+            return Outcome(EndReason.ERROR, f"internal error in {step.__name__.strip('_')}: "
+                           f"{type(exc).__name__}")
+        finally:
+            self.router.detach()
+
+    @staticmethod
+    def _deliver(acq: Acquired, out: Outcome, done: Future) -> None:
+        acq.log.close()
+        out.finished_at = utcnow()
+        done.set_result(out)
+
+    def _save(self, acq: Acquired) -> Outcome:
+        """Write the raw data durably. Returns a final outcome, or a COMPLETED one with
+        ``results`` None when a fit is still to run."""
+        spec = acq.spec
+        out = Outcome(EndReason.ERROR, module_sha256=acq.loaded.sha256,
+                      module_git_rev=acq.loaded.git_rev())
+        acq.meta.update(saved_at=utcnow(), module_git_rev=out.module_git_rev)
+        has_analysis = type(acq.exp).analyze is not Experiment.analyze
+        try:
+            data_file.write_raw(spec.data_path, acq.data, acq.merged, acq.meta, acq.contents,
+                                analysis="pending" if has_analysis else "none")
+        except OSError as exc:
+            out.error_message = (f"DataSaveError: could not save data to {spec.data_path}: "
+                                 f"{exc.strerror or exc}")
+            job_log.error("%s", out.error_message)
+            return out
+        out.data_file_path = str(spec.data_path)
+        job_log.info("raw data saved to %s", spec.data_path)
+        out.reason = EndReason.COMPLETED
+        if has_analysis:
+            out.results = None  # type: ignore[assignment]
+        return out
+
+    def _fit(self, acq: Acquired, out: Outcome) -> Outcome:
+        """Run the analysis on saved raw data and add its results to the file."""
+        results: dict[str, Any] = {}
+        analysis_error = None
+        try:
+            results = dict(acq.exp.analyze(dict(acq.data)) or {})
+        except Exception as exc:
+            analysis_error = f"{type(exc).__name__}: {exc}"
+            job_log.error("analysis failed (raw data is saved):\n%s", traceback.format_exc())
+        try:
+            data_file.add_results(acq.spec.data_path, results, analysis_error)
+        except Exception as exc:
+            analysis_error = f"saving fit results failed: {type(exc).__name__}: {exc}"
+        out.results = _scalars(results)
+        if analysis_error:
+            out.error_message = f"analysis failed (raw data saved): {analysis_error}"
         return out

@@ -58,16 +58,23 @@ class JobLog:
 
 
 class LogRouter:
-    """Installs itself as sys.stdout/sys.stderr and as a logging handler; text from the
-    executor thread goes to the current job's log, everything else passes through."""
+    """Installs itself as sys.stdout/sys.stderr and as a logging handler; text from a thread
+    working on a job (the board thread while it acquires, the analysis thread while it
+    saves and fits) goes to that job's log, everything else passes through."""
 
     def __init__(self) -> None:
-        self.thread_id: int | None = None
-        self.current: JobLog | None = None
-        # The running job's safe point: a job that ignored its stop request is interrupted
-        # at its next print or log call (raised here, outside any lock of ours).
-        self.interrupt_point: Callable[[], None] | None = None
+        # thread ident -> (its job's log, that job's safe point or None). The safe point
+        # interrupts a job that ignored its stop request at its next print or log call
+        # (raised here, outside any lock of ours).
+        self._routes: dict[int, tuple[JobLog, Callable[[], None] | None]] = {}
         self._handler = _JobLogHandler(self)
+
+    def attach(self, log: JobLog, interrupt_point: Callable[[], None] | None = None) -> None:
+        """Route this thread's output to ``log`` until ``detach``."""
+        self._routes[threading.get_ident()] = (log, interrupt_point)
+
+    def detach(self) -> None:
+        self._routes.pop(threading.get_ident(), None)
 
     def install(self) -> None:
         sys.stdout = _Tee(sys.stdout, self)
@@ -84,11 +91,12 @@ class LogRouter:
         logging.getLogger().removeHandler(self._handler)
 
     def target(self) -> JobLog | None:
-        if self.current is not None and threading.get_ident() == self.thread_id:
-            if self.interrupt_point is not None:
-                self.interrupt_point()
-            return self.current
-        return None
+        route = self._routes.get(threading.get_ident())
+        if route is None:
+            return None
+        if route[1] is not None:
+            route[1]()
+        return route[0]
 
 
 class _Tee(io.TextIOBase):

@@ -1,17 +1,12 @@
-"""Pydantic models at the RPC boundary and the job record shared by store, scheduler and
-executor. Validation here is what turns bad client input into an actionable error."""
+"""The job record shared by store, scheduler, RPC replies and clients, and its status enum.
+(Request params are validated by the models in ``labd.api.params``.)"""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-JOB_ID_RE = r"^JOB-\d{8}-\d{5,}$"
-MODULE_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,8}$"
-CLASS_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-VERSION_RE = r"^CFG-[A-Z0-9]{1,4}-\d{8}-\d{5,}$"
+from pydantic import BaseModel
 
 
 def utcnow() -> str:
@@ -29,42 +24,6 @@ class JobStatus(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_max_length=4096)
-
-
-class SubmitParams(_Strict):
-    """What a client may say about a new job. Nothing here ever becomes a file path."""
-    experiment_class: str = Field(pattern=CLASS_RE)
-    experiment_module: str = Field(pattern=MODULE_RE, max_length=256)
-    experiment_config: dict[str, Any] = {}
-    user: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")
-    priority: int | None = Field(None, ge=-(2**31), le=2**31)
-    time_limit_s: float | None = Field(None, gt=0, le=10**9)
-    config_versions: dict[str, str] = {}   # type name -> pinned version ID
-    inline_configs: dict[str, str] = {}    # type name -> content, snapshotted on submit
-    after: str | None = Field(None, pattern=JOB_ID_RE)  # run only once that job completed
-    not_before: datetime | None = None     # timezone-aware; do not start earlier
-    hold: bool = False                     # queue it held; release to let it run
-
-    @field_validator("not_before")
-    @classmethod
-    def _aware(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
-            raise ValueError("give a timezone, e.g. 2026-11-24T18:00:00+00:00")
-        return v
-
-    @field_validator("config_versions")
-    @classmethod
-    def _versions(cls, v: dict[str, str]) -> dict[str, str]:
-        import re
-        for name, vid in v.items():
-            if not re.match(VERSION_RE, vid):
-                raise ValueError(f"{name}: {vid!r} is not a version ID like CFG-HW-20260101-00001")
-        return v
 
 
 class Job(BaseModel):

@@ -29,17 +29,23 @@ class FakeExecutor:
 
     def __init__(self) -> None:
         self.started: asyncio.Queue = asyncio.Queue()
-        self.futures: dict[str, concurrent.futures.Future] = {}
+        self.futures: dict[str, tuple[concurrent.futures.Future, ...]] = {}
 
-    def submit(self, spec: Any, ctx: Any, on_log: Any = None) -> concurrent.futures.Future:
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        fut.set_running_or_notify_cancel()
-        self.futures[spec.job_id] = fut
+    def submit(self, spec: Any, ctx: Any, on_log: Any = None) -> tuple:
+        acquired: concurrent.futures.Future = concurrent.futures.Future()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self.futures[spec.job_id] = (acquired, done)
         self.started.put_nowait(spec.job_id)
-        return fut
+        return acquired, done
+
+    def acquired(self, job_id: str) -> None:
+        """The job's acquisition ended: the board is free, its analysis runs."""
+        if not self.futures[job_id][0].done():
+            self.futures[job_id][0].set_result(None)
 
     def finish(self, job_id: str, reason: EndReason = EndReason.COMPLETED) -> None:
-        self.futures[job_id].set_result(Outcome(reason))
+        self.acquired(job_id)
+        self.futures[job_id][1].set_result(Outcome(reason))
 
     def interrupt(self, job_id: str) -> bool:
         return False
@@ -93,9 +99,10 @@ class Harness:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for fut in self.executor.futures.values():
-            if not fut.done():
-                fut.set_result(Outcome(EndReason.SHUTDOWN))
+        for futs in self.executor.futures.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(None if fut is futs[0] else Outcome(EndReason.SHUTDOWN))
         await self.sched.stop()
         await self.store.close()
 

@@ -112,6 +112,15 @@ def status(call: Call) -> str:
     return "ok"
 
 
+@rpc("board_stats")
+async def board_stats(call: Call, p: NoParams) -> dict[str, Any]:
+    """The board's idle time between one acquisition's end and the next one's start
+    (the latest 100k, in ms; idle time with nothing queued is included: measure with a
+    full queue), and how many acquisitions ran."""
+    ex = call.app.scheduler.executor
+    return {"acquisitions": ex.acquisitions, "idle_gaps_ms": [g * 1e3 for g in ex.gaps]}
+
+
 @rpc("health")
 async def health(call: Call, p: NoParams) -> dict[str, Any]:
     app, sched = call.app, call.app.scheduler
@@ -120,6 +129,7 @@ async def health(call: Call, p: NoParams) -> dict[str, Any]:
             "waiting": len(sched.waiting), "paused": sched.paused,
             "running": sched.running.summary() if sched.running else None,
             "executor": "stuck" if stuck is not None else sched.executor.state,
+            "analyzing": sorted(sched.dispatcher.analyzing),
             "unrecorded_outcomes": len(sched.states.unrecorded),
             "db_error": app.store.last_error,
             "uptime_s": round(time.monotonic() - app.started_mono, 3),

@@ -63,10 +63,16 @@ class Scheduler:
         self.job_ids = DailyCounter("JOB", day, last)
         interrupted = await self.store.running_job_ids()
         for job_id in interrupted:  # never re-run silently: `labctl rerun` does, on request
-            await self.states.ended(job_id, EndReason.CRASH,
-                                    "interrupted: daemon stopped during run")
             day_dir = self.settings.output_root / job_id.split("-")[1]
             (day_dir / f"{job_id}.h5.part").unlink(missing_ok=True)  # never data
+            data = day_dir / f"{job_id}.h5"
+            if data.exists():  # it died while the job was being analyzed
+                await self.states.ended(job_id, EndReason.CRASH,
+                                        "interrupted: daemon stopped during analysis; raw "
+                                        "data saved", data_file_path=str(data))
+            else:
+                await self.states.ended(job_id, EndReason.CRASH,
+                                        "interrupted: daemon stopped during run")
         self.paused = await self.store.get_state("paused") == "1"
         self.estimates.load(await self.store.recent_durations())
         rows = await self.store.pending_rows()
@@ -91,7 +97,7 @@ class Scheduler:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)  # a strong ref: the loop keeps only weak ones
         task.add_done_callback(self._tasks.discard)
@@ -168,7 +174,7 @@ class Scheduler:
                     pj.after = None
                 else:
                     pj.phase = RunPhase.WAITING  # counts as pending until it is ended
-                    self._spawn(self._end_pending(
+                    self.spawn(self._end_pending(
                         pj, EndReason.DEPENDENCY,
                         f"cancelled: dependency {dep} {status or 'does not exist'}"))
                     return
@@ -189,7 +195,7 @@ class Scheduler:
                 pj.after = None
                 self._place(pj)
             else:
-                self._spawn(self._end_pending(pj, EndReason.DEPENDENCY,
+                self.spawn(self._end_pending(pj, EndReason.DEPENDENCY,
                                               f"cancelled: dependency {job_id} {status}"))
 
     async def _end_pending(self, pj: PendingJob, reason: EndReason, message: str,
@@ -240,7 +246,7 @@ class Scheduler:
                     data_file_path=out.data_file_path, module_sha256=out.module_sha256,
                     module_git_rev=out.module_git_rev, results=out.results):
                 self._ended(pj.job_id, out.reason.status)
-        self._spawn(record())
+        self.spawn(record())
 
     # ---- submit -------------------------------------------------------------------
     async def enqueue(self, peer: Peer, jobs: list[dict[str, Any]]) -> list[str]:
@@ -292,6 +298,9 @@ class Scheduler:
             self.dispatcher.request_stop(run, EndReason.CANCELLED,
                                          f"cancelled by {peer.username} while running")
             return {"job_id": job_id, "status": "cancelling"}
+        if pj.phase is RunPhase.ANALYZING:
+            raise Conflict(f"{job_id} has finished acquiring and its data are being saved "
+                           "and analyzed; nothing to cancel")
         raise Conflict(f"{job_id} has finished running and its outcome is being recorded; "
                        "nothing to cancel")
 

@@ -1,6 +1,10 @@
-"""Dispatch: one job at a time from the queue to the board thread, as small stages — claim
-(resolve config versions, durably mark it running), run (the executor), supervise (cancel,
-time limit, escalation) and finish (record the outcome; the next job may already start).
+"""Dispatch: one acquisition at a time from the queue to the board thread, as small stages —
+claim (resolve config versions, durably mark it running), acquire (the board thread),
+supervise (cancel, time limit, escalation), then analyze (the analysis thread saves the raw
+data and fits) and finish (record the outcome). The next job starts acquiring as soon as
+the board is free, while the previous one is still being saved and analyzed; at most
+``MAX_ANALYZING`` jobs wait for analysis, so a slow fit holds back the board rather than
+piling up raw data in memory.
 
 Escalation for a job asked to stop: its stop flag (cooperative, ``check_stop``); after
 ``stop_grace_s`` it is interrupted at its next labd call (board, log, print, progress);
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_ANALYZING = 4
+
 
 @dataclass
 class Running:
@@ -59,6 +65,7 @@ class Dispatcher:
         self.executor = sched.executor
         self.running: Running | None = None
         self.stuck_since: float | None = None   # the board thread ignored every stop
+        self.analyzing: dict[str, PendingJob] = {}  # acquired, being saved and analyzed
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()
@@ -75,7 +82,7 @@ class Dispatcher:
 
     async def stop(self, timeout: float) -> None:
         """Shutdown: the running job is asked to stop at a safe point; wait (bounded) for
-        the loop, which records its outcome before returning."""
+        the loop. Jobs being analyzed finish (the scheduler waits for their outcomes)."""
         if self.running is not None:
             self.request_stop(self.running, EndReason.SHUTDOWN,
                               "interrupted: daemon shut down during run")
@@ -86,15 +93,19 @@ class Dispatcher:
             except (asyncio.TimeoutError, Exception):
                 log.error("running job did not finish during shutdown")
 
+    def _idle(self) -> bool:
+        return not (len(self.sched.queue) or self.analyzing or self.running)
+
     def _can_start(self) -> bool:
         s = self.sched
-        return not (s.paused or self.stuck_since is not None or not len(s.queue))
+        return not (s.paused or self.stuck_since is not None or not len(s.queue)
+                    or len(self.analyzing) >= MAX_ANALYZING)
 
     async def _dispatch_loop(self) -> None:
         ran_since_collect = False
         while not self.sched.stopping:
             if not self._can_start():
-                if ran_since_collect:  # idle: free the jobs' cyclic garbage now (below)
+                if ran_since_collect and self._idle():  # free jobs' cyclic garbage now
                     gc.collect()
                     ran_since_collect = False
                 self._wake.clear()
@@ -147,14 +158,29 @@ class Dispatcher:
             return
         if pj.phase is RunPhase.STARTING:
             pj.phase = RunPhase.RUNNING
-        fut = asyncio.wrap_future(self.executor.submit(spec, ctx, self._on_log))
+        acquired, done = self.executor.submit(spec, ctx, self._on_log)
         await self._prefetch_next()
-        outcome = await self._supervise(run, fut)
+        stuck = await self._supervise(run, asyncio.wrap_future(acquired))
+        self.running = None
+        if stuck is not None:
+            self._flush_logs()
+            self.sched.finish(pj, stuck)
+            return
+        pj.phase = RunPhase.ANALYZING
+        self.analyzing[pj.job_id] = pj
+        self.sched.spawn(self._analyzed(run, asyncio.wrap_future(done)))
+
+    async def _analyzed(self, run: Running, done: asyncio.Future) -> None:
+        """The job's data and fits are saved: record its outcome; the board may take the
+        next job (one more may wait for analysis)."""
+        pj = run.job
+        outcome = await done
         self._flush_logs()
         if outcome.reason is EndReason.COMPLETED:
             self.sched.estimates.note(pj.experiment_class, time.monotonic() - run.started_mono)
-        self.running = None
+        del self.analyzing[pj.job_id]
         self.sched.finish(pj, outcome)
+        self.wake()
 
     async def _prefetch_next(self) -> None:
         """Read the next job's row while this one runs: then the next claim needs no read,
@@ -195,7 +221,9 @@ class Dispatcher:
                                s.settings.job_time_limit_max_s)
         return spec
 
-    async def _supervise(self, run: Running, fut: asyncio.Future) -> Outcome:
+    async def _supervise(self, run: Running, fut: asyncio.Future) -> Outcome | None:
+        """Wait for the acquisition to end; None once it has, or the outcome of a job
+        declared stuck (its acquisition never returned)."""
         grace = self.sched.settings.stop_grace_s
         while True:
             if run.stop_requested_mono is None:
@@ -208,12 +236,7 @@ class Dispatcher:
                                          return_when=asyncio.FIRST_COMPLETED)
             changed.cancel()
             if fut in done:
-                try:
-                    return fut.result()
-                except BaseException:
-                    log.exception("executor raised")
-                    return Outcome(EndReason.ERROR, "internal error in the executor; the "
-                                   "daemon log has the details")
+                return None
             if changed in done:
                 continue
             if run.stop_requested_mono is None:

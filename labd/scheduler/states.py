@@ -24,6 +24,7 @@ class RunPhase(StrEnum):
     STARTING = "starting"     # left the queue; its start is being committed
     RUNNING = "running"       # the executor has it
     STOPPING = "stopping"     # asked to stop: cancel, time limit, shutdown
+    ANALYZING = "analyzing"   # acquired; raw data being saved, then fitted (board free)
     FINISHING = "finishing"   # outcome known, being recorded
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -79,6 +80,27 @@ class CyclicHog(Experiment):
         while True:
             self.ctx.check_stop()
             time.sleep(0.01)
+
+
+class FlagConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    flag: str
+    seconds: float = Field(30.0, ge=0)
+
+
+class SlowAnalysis(Experiment):
+    """Acquires at once; its fit waits until the test creates ``flag`` (or ``seconds``)."""
+    config_model = FlagConfig
+
+    def acquire(self):
+        return {"xpts": np.arange(4.0), "avgi": np.arange(4.0) * 2}
+
+    def analyze(self, data):
+        end = time.monotonic() + self.cfg.seconds
+        while not os.path.exists(self.cfg.flag) and time.monotonic() < end:
+            time.sleep(0.005)
+        print("fitted", flush=True)
+        return {"slope": 2.0}
 
 
 class StuckInC(Experiment):

@@ -1,0 +1,98 @@
+"""Pipelined jobs (#14): the board thread owns the hardware only while a job acquires; the
+previous job's data are saved and fitted meanwhile, durably before it is `completed`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+
+from labd.scheduler.states import RunPhase
+from labd_client import Client
+from sched_harness import Harness
+
+SLOW = ("SlowAnalysis", "labtest_experiments.faults")
+NOOP = ("NoOpExperiment", "experiments.diagnostics.noop")
+
+
+async def test_next_job_acquires_while_the_previous_is_analyzed(tmp_path):
+    async with Harness(tmp_path) as h:
+        a, b = await h.submit(), await h.submit()
+        assert await h.started() == a
+        h.executor.acquired(a)                   # a's acquisition ends ...
+        assert await h.started() == b            # ... and b gets the board at once
+        assert h.sched.active[a].phase == RunPhase.ANALYZING
+        assert (await h.sched.get(a)).status == "running"
+        h.executor.finish(b)
+        assert (await h.final(b)).status == "completed"
+        assert h.sched.active[a].phase == RunPhase.ANALYZING
+        h.executor.finish(a)
+        assert (await h.final(a)).status == "completed"
+
+
+async def test_analysis_backlog_is_bounded(tmp_path):
+    from labd.scheduler.dispatcher import MAX_ANALYZING
+    async with Harness(tmp_path) as h:
+        ids = [await h.submit() for _ in range(MAX_ANALYZING + 1)]
+        for job_id in ids[:MAX_ANALYZING]:
+            assert await h.started() == job_id
+            h.executor.acquired(job_id)
+        assert h.executor.started.empty()        # the board waits for a fit to finish
+        h.executor.finish(ids[0])
+        assert await h.started() == ids[-1]
+
+
+def _until(cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_raw_data_durable_before_the_fit_and_the_board_free(make_daemon, tmp_path):
+    d = make_daemon()
+    flag = tmp_path / "fit-may-finish"
+    with Client(d.socket) as c:
+        slow = c.submit(*SLOW, {"flag": str(flag)})
+        nxt = c.submit(*NOOP)
+        assert c.wait(nxt, timeout=30).is_successful()   # ran while slow was fitted
+        job = c.get(slow)
+        assert (job.status, job.phase) == ("running", "analyzing")
+        path = d.state_dir / "data" / slow.split("-")[1] / f"{slow}.h5"
+        with h5py.File(path) as f:                        # raw data already durable
+            assert f.attrs["analysis"] == "pending"
+            assert list(f["avgi"][()]) == [0, 2, 4, 6]
+        flag.touch()
+        job = c.wait(slow, timeout=30)
+        assert job.is_successful() and job.results == {"slope": 2.0}
+        assert "fitted" in c.logs(slow)["text"]
+
+
+def test_kill_during_analysis_keeps_raw_data_and_says_so(make_daemon, tmp_path):
+    d = make_daemon()
+    with Client(d.socket) as c:
+        slow = c.submit(*SLOW, {"flag": str(tmp_path / "never")})
+        _until(lambda: "raw data saved" in c.logs(slow)["text"])  # now fitting
+    d.kill()
+    d.start()
+    with Client(d.socket) as c:
+        job = c.get(slow)
+        assert job.status == "failed" and job.end_reason == "crash"
+        assert job.error_message == "interrupted: daemon stopped during analysis; raw data saved"
+        with h5py.File(job.data_file_path) as f:
+            assert list(f["avgi"][()]) == [0, 2, 4, 6]
+
+
+def test_sigterm_waits_for_the_analysis_and_records_it(make_daemon, tmp_path):
+    d = make_daemon()
+    flag = tmp_path / "fit-may-finish"
+    with Client(d.socket) as c:
+        slow = c.submit(*SLOW, {"flag": str(flag)})
+        _until(lambda: "raw data saved" in c.logs(slow)["text"])  # now fitting
+    d.proc.send_signal(15)
+    _until(lambda: "stopping: no new jobs" in d.log())
+    flag.touch()                                          # the fit ends while labd stops
+    assert d.proc.wait(30) == 0
+    d.start()
+    with Client(d.socket) as c:
+        assert c.get(slow).is_successful()
