@@ -8,7 +8,6 @@ import csv
 import difflib
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Any
 

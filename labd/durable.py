@@ -23,7 +23,8 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o444, replace: bool = F
     name is taken, unless ``replace`` (a repair, or a writer rewriting its own file).
     ``tmp``: a fixed temp name (one writer per name), else a unique one."""
     if tmp is None:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".",
+                                        suffix=".part")
     else:
         tmp_name = os.fspath(tmp)
         fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -4,7 +4,6 @@ hostile YAML refused without blocking the daemon. In-process over a real Store (
 and real files, plus a real daemon where the event loop matters."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -19,7 +18,7 @@ import pytest
 import labd.ids
 from labd.config_store import ConfigStore
 from labd.data_file import add_results, write_raw
-from labd.errors import InvalidParams, LabdError, Unavailable
+from labd.errors import InvalidParams, Unavailable
 from labd.ids import DailyCounter
 from labd.settings import Settings
 from labd.store import Store
