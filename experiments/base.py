@@ -13,6 +13,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def model_units(model: type[BaseModel]) -> dict[str, str]:
+    """Unit of each config key that declares one (``Field(..., json_schema_extra={"unit":
+    ...})``): the one convention read by the data file and by ``labctl experiments``."""
+    out = {}
+    for name, f in model.model_fields.items():
+        extra = f.json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get("unit"), str):
+            out[name] = extra["unit"]
+    return out
+
+
 class Stopped(Exception):
     """Raised by ``ctx.check_stop()`` when the job was cancelled or hit its time limit."""
 
@@ -23,7 +34,8 @@ class ExperimentConfig(BaseModel):
     reps: int = Field(1000, ge=1, le=10_000_000)
     rounds: int = Field(1, ge=1, le=100_000)
     qubits: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=16)
-    relax_delay: float = Field(250.0, ge=0, le=1e6, description="us between shots")
+    relax_delay: float = Field(250.0, ge=0, le=1e6, description="wait between shots",
+                               json_schema_extra={"unit": "us"})
 
 
 class Board(Protocol):
@@ -31,9 +43,11 @@ class Board(Protocol):
     soccfg: Any
 
     def acquire(self, prog: Any, *, rounds: int, ctx: "RunContext",
-                model: Callable[[dict[str, float]], np.ndarray]) -> np.ndarray:
+                model: Callable[[dict[str, float]], np.ndarray],
+                shot_us: float = 0.0) -> np.ndarray:
         """Run ``prog`` for ``rounds`` rounds; returns complex IQ averaged over reps/rounds,
-        one value per sweep point. ``model`` is used only by a simulated board."""
+        one value per sweep point. ``model`` (the physics) and ``shot_us`` (one shot's
+        length, for its timing) are used only by a simulated board."""
         ...
 
 
@@ -50,6 +64,9 @@ class RunContext(Protocol):
 
 class Experiment:
     config_model: ClassVar[type[BaseModel]] = ExperimentConfig
+    # config types the experiment cannot run without; a job whose type has no main version
+    # (and no pin) fails with a sentence saying how to push one, before any hardware
+    requires_configs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: RunContext, cfg: BaseModel) -> None:
         self.ctx = ctx
@@ -60,8 +77,18 @@ class Experiment:
     def after_job(self) -> None: ...
 
     def acquire(self) -> dict[str, Any]:
-        """Returns the raw data: a dict of arrays (``xpts``, ``avgi``, ``avgq``, ...)."""
+        """Returns the raw data: a dict of arrays (``xpts``, ``avgi``, ``avgq``, ...).
+        A class that does not override it is a helper, refused at submit."""
         raise NotImplementedError
+
+    def expt_units(self) -> dict[str, str]:
+        """Units of the expt keys, recorded in the data file; override where a unit depends
+        on another key (e.g. a gain_unit switch)."""
+        return model_units(type(self.cfg))
+
+    def data_units(self) -> dict[str, str]:
+        """Units of the data keys (``xpts`` above all), recorded on the datasets."""
+        return {}
 
     def analyze(self, data: dict[str, Any]) -> dict[str, Any]:
         """Returns fit results (numbers or arrays); the default has none."""

@@ -1,14 +1,18 @@
-"""``labd``: run the daemon."""
+"""``labd``: run the daemon. Start-up order: settings, lock the state dir, check the state
+disk, database and socket (``startup_checks``), then the daemon. Exit codes are in
+``startup_checks`` (0 after a clean stop)."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, startup_checks
 from .settings import Settings
+from .startup_checks import EXIT_FAILED, EXIT_SETTINGS, StartupError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,14 +33,32 @@ def main(argv: list[str] | None = None) -> int:
                                  hardware="mock" if args.mock else None)
     except Exception as exc:
         print(f"labd: bad settings: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
+    try:  # first of all, the state dir's lock: its fd stays open until the process ends
+        startup_checks.run_all(settings.state_dir, settings.db_path, settings.socket_path)
+    except StartupError as exc:
+        print(f"labd: cannot start: {exc}", file=sys.stderr)
+        return exc.exit_code
+    _use_packaged_examples()
     from .daemon import Daemon
     try:
         asyncio.run(Daemon(settings).run())
-    except RuntimeError as exc:
-        print(f"labd: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        # One line, then leave at once: a failed start must not hang on the threads it
+        # already started (database, executor). Everything acknowledged is committed.
+        logging.getLogger("labd").debug("start-up or run failed", exc_info=True)
+        print(f"labd: stopped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(EXIT_FAILED)
     return 0
+
+
+def _use_packaged_examples() -> None:
+    """The first-start example configs are package data (labd/defaults), so a wheel
+    installed anywhere finds them. TODO(integrator): once config_store.EXAMPLES_DIR is
+    ``defaults.DIR``, delete this function."""
+    from . import config_store, defaults
+    config_store.EXAMPLES_DIR = defaults.DIR
 
 
 if __name__ == "__main__":

@@ -139,8 +139,11 @@ def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
             if v is not None and v != []:  # an attribute costs ~40 us: skip empty ones
                 f.attr(f.root, k, v)
         f.attr(f.root, "analysis", analysis)
+        units = meta.get("data_units") or {}
         for key, arr in data.items():
             f.dataset(f.root, key, arr)
+            if key in units:  # e.g. xpts in DAC, us or MHz
+                f.attr(h5d.open(f.root, key.encode()), "unit", units[key])
         grp = h5g.create(f.root, b"configs")
         for name, info in configs.items():
             f.text(grp, name, info["content"])

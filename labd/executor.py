@@ -76,13 +76,34 @@ class Outcome:
     finished_at: str = field(default_factory=utcnow)  # stamped when the run really ended
 
 
+class BoardClock:
+    """When the board acquires: the idle gap between the end of one ``board.acquire`` and
+    the start of the next is what the board-idle benchmark reports (``board_stats``)."""
+
+    def __init__(self) -> None:
+        self.acquisitions = 0
+        self.gaps: deque[float] = deque(maxlen=100_000)  # seconds
+        self._last_end: float | None = None
+
+    def timed(self, acquire: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        if self._last_end is not None:
+            self.gaps.append(start - self._last_end)
+        try:
+            return acquire(*args, **kwargs)
+        finally:
+            self._last_end = time.monotonic()
+            self.acquisitions += 1
+
+
 class _Board:
     """The board as a job sees it: every call is a safe point where a job that ignored its
-    stop request is interrupted."""
+    stop request is interrupted, and acquisitions are timed."""
 
-    def __init__(self, board: Any, ctx: "JobContext") -> None:
+    def __init__(self, board: Any, ctx: "JobContext", clock: BoardClock | None) -> None:
         self._board = board
         self._ctx = ctx
+        self._clock = clock
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._board, name)
@@ -91,6 +112,8 @@ class _Board:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self._ctx.interrupt_point()
+            if name == "acquire" and self._clock is not None:
+                return self._clock.timed(value, *args, **kwargs)
             return value(*args, **kwargs)
         return call
 
@@ -98,10 +121,10 @@ class _Board:
 class JobContext:
     """What the experiment sees of labd while it runs (experiments.base.RunContext)."""
 
-    def __init__(self, job_id: str, board: Any,
-                 on_progress: Callable[[str, float], None]) -> None:
+    def __init__(self, job_id: str, board: Any, on_progress: Callable[[str, float], None],
+                 clock: BoardClock | None = None) -> None:
         self.job_id = job_id
-        self.board = _Board(board, self)
+        self.board = _Board(board, self, clock)
         self.hardware_config: dict[str, Any] = {}
         self.log = job_log
         self.stop_kind: EndReason | None = None
@@ -166,12 +189,15 @@ class Acquired:
     contents: dict[str, Any]
     loaded: Any
 
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.data.values())
+
 
 class Executor:
     """Owns the board thread and the analysis thread. Neither can be killed by a job (each
     run is wrapped); ``state`` tells health whether the board thread is idle, busy or dead.
-    ``gaps`` keeps the board's idle time between the end of one acquisition and the start
-    of the next (what the board-idle benchmark reports)."""
+    ``clock`` times the board's acquisitions."""
 
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
@@ -188,9 +214,9 @@ class Executor:
             str(Path(p).resolve()) + os.sep for pkg in loader.allowed
             for p in importlib.import_module(pkg).__path__)
         self.busy_with: str | None = None         # job ID the board thread is running
-        self.acquisitions = 0
-        self.gaps: deque[float] = deque(maxlen=100_000)  # seconds the board sat idle
-        self._last_acquire_end: float | None = None
+        self.backlog_bytes = 0                    # raw data waiting to be saved and fitted
+        self._backlog_lock = threading.Lock()     # updated from two threads
+        self.clock = BoardClock()
         self._to_save: queue.SimpleQueue = queue.SimpleQueue()
         self._to_fit: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="labd-board", daemon=True)
@@ -231,6 +257,8 @@ class Executor:
                     result.finished_at = utcnow()
                     done.set_result(result)
                 else:
+                    with self._backlog_lock:
+                        self.backlog_bytes += result.nbytes
                     self._to_save.put((result, done))
             except BaseException as exc:  # never let a job take the thread down
                 if not isinstance(exc, JobInterrupted):
@@ -305,6 +333,12 @@ class Executor:
                          spec.experiment_class, spec.user, spec.os_user)
             loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
             cfg = self.loader.validate_config(loaded, spec.experiment_config)
+            for name in loaded.cls.requires_configs:
+                if name not in spec.configs:
+                    return Outcome(EndReason.START_FAILED, (
+                        f"{spec.experiment_class} needs a {name}, and there is no main "
+                        f"version of it: push one with `labctl config push {name} FILE` "
+                        "(or pin a version with --pin), then `labctl retry` this job"))
             contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
                                "content": self.read_config(row)}
                         for name, row in spec.configs.items()}
@@ -314,14 +348,7 @@ class Executor:
             exp = loaded.cls(ctx, cfg)
             exp.before_job()
             try:
-                start = time.monotonic()
-                if self._last_acquire_end is not None:
-                    self.gaps.append(start - self._last_acquire_end)
-                try:
-                    raw = exp.acquire()
-                finally:
-                    self._last_acquire_end = time.monotonic()
-                    self.acquisitions += 1
+                raw = exp.acquire()
             finally:
                 exp.after_job()
             data = data_file.check_data(raw)
@@ -342,8 +369,11 @@ class Executor:
             "batch_id": spec.batch_id, "created_at": spec.created_at,
             "started_at": spec.started_at,
             "config_versions": {n: c["version_id"] for n, c in contents.items()},
-            "module_sha256": loaded.sha256, "labd_version": __version__,
-            "setpoint": setpoint, "hardware": self.board.describe(),
+            "module_sha256": loaded.sha256, "package_sha256": loaded.package_sha256,
+            # the unit of every expt key and data key
+            "expt_units": exp.expt_units(), "data_units": exp.data_units(),
+            "labd_version": __version__, "setpoint": setpoint,
+            "hardware": self.board.describe(),
             "nonfinite_keys": [k for k, a in data.items()
                                if a.dtype.kind in "fc" and not np.isfinite(a).all()],
         }
@@ -376,8 +406,9 @@ class Executor:
         finally:
             self.router.detach()
 
-    @staticmethod
-    def _deliver(acq: Acquired, out: Outcome, done: Future) -> None:
+    def _deliver(self, acq: Acquired, out: Outcome, done: Future) -> None:
+        with self._backlog_lock:
+            self.backlog_bytes -= acq.nbytes
         acq.log.close()
         out.finished_at = utcnow()
         done.set_result(out)

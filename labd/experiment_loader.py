@@ -3,14 +3,22 @@ module name a client sent into the process that owns the hardware.
 
 A module is re-executed when its source changes (by SHA256), so an edited experiment is
 picked up by the next job without a restart; a job already running keeps its own module
-object. The source hash and git revision are recorded with every job."""
+object. An edit to a shared module of the package (``common.py``, ``fitting.py``)
+re-executes that module and every module of the package that imports it, directly or not.
+``<package>.base`` is never re-executed: the executor holds its classes (``Experiment``,
+``Stopped``), so a change there needs a restart (logged).
+
+Per job, the module's hash, the whole package's hash and the git revision are recorded
+(``labd.provenance``: cached by file identity, no subprocess per job)."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
+import inspect
+import logging
 import re
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -19,7 +27,9 @@ from types import ModuleType
 from typing import Any
 
 from .errors import InvalidParams
+from .provenance import GitRevision, PackageHasher
 
+log = logging.getLogger(__name__)
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -27,12 +37,15 @@ _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 class LoadedClass:
     cls: type
     module: ModuleType
-    sha256: str
+    sha256: str                  # the module's source
     path: Path
+    package_sha256: str          # every .py file of the package it belongs to
+    _git: GitRevision
 
     def git_rev(self) -> str | None:
-        """Runs git: call it from the executor thread, never on the event loop."""
-        return git_revision(self.path)
+        """HEAD (+"-dirty" if the package differs from it); runs git only when HEAD, the
+        index or the package changed since the last call."""
+        return self._git.revision(self.package_sha256)
 
 
 @dataclass
@@ -42,21 +55,63 @@ class _Cached:
     module: ModuleType
 
 
+class _Package:
+    """One allowed package: its files' hashes, git revision and import graph."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name, self.root = name, root
+        self.hasher = PackageHasher(root)
+        self.git = GitRevision(root)
+        self.state = self.hasher.scan()
+        self.git.prefetch(self.state.sha256)
+
+    def module_name(self, rel: str) -> str:
+        parts = rel[:-3].split("/")
+        if parts[-1] == "__init__":
+            parts.pop()
+        return ".".join([self.name, *parts])
+
+    def imports(self, rel: str) -> set[str]:
+        """Modules of this package that ``rel`` imports (absolute or relative)."""
+        try:
+            tree = ast.parse((self.root / rel).read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            return set()
+        here = self.module_name(rel).split(".")
+        if not rel.endswith("__init__.py"):
+            here = here[:-1]
+        out: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    pkg = here[:len(here) - node.level + 1]
+                    base = ".".join([*pkg, base]) if base else ".".join(pkg)
+                out.add(base)
+                out.update(f"{base}.{a.name}" for a in node.names)
+        return {m for m in out if m == self.name or m.startswith(self.name + ".")}
+
+
 class ExperimentLoader:
     def __init__(self, allowed_packages: list[str]) -> None:
         self.allowed = list(allowed_packages)
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
-        self._roots: dict[str, Path] = {}
+        self._packages: dict[str, _Package] = {}
         self._paths: dict[str, Path] = {}      # module -> resolved, checked source path
 
+    def _package(self, name: str) -> _Package:
+        pkg = self._packages.get(name)
+        if pkg is None:
+            mod = importlib.import_module(name)
+            pkg = _Package(name, Path(next(iter(mod.__path__))).resolve())
+            self._packages[name] = pkg
+        return pkg
+
     def _package_root(self, package: str) -> Path:
-        root = self._roots.get(package)
-        if root is None:
-            pkg = importlib.import_module(package)
-            root = Path(next(iter(pkg.__path__))).resolve()
-            self._roots[package] = root
-        return root
+        return self._package(package).root
 
     def _source_path(self, module: str) -> Path:
         if not _MODULE_RE.match(module) or len(module) > 256:
@@ -100,8 +155,9 @@ class ExperimentLoader:
     def _execute(name: str, path: Path) -> ModuleType:
         """A fresh module object per source version; the old one stays alive for a job
         that still runs it."""
+        parent = None
         if "." in name:
-            importlib.import_module(name.rsplit(".", 1)[0])
+            parent = importlib.import_module(name.rsplit(".", 1)[0])
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -115,16 +171,51 @@ class ExperimentLoader:
             else:
                 sys.modules.pop(name, None)
             raise
+        if parent is not None:  # ``from . import common`` reads the package's attribute
+            setattr(parent, name.rsplit(".", 1)[1], module)
         return module
+
+    def _sync(self, pkg: _Package) -> None:
+        """Re-execute the package's changed modules and everything importing them,
+        dependencies first, so the next job runs the edited code."""
+        state = pkg.hasher.scan()
+        if state is pkg.state:
+            return
+        old, pkg.state = pkg.state, state
+        pkg.git.prefetch(state.sha256)
+        stable = f"{pkg.name}.base"
+        reloaded = []
+        for name, rel in _reload_order(pkg, old.files, state.files):
+            self._cache.pop(name, None)
+            if name == stable:
+                log.warning("%s changed: it is labd's contract with experiments and is not "
+                            "reloaded; restart labd to use the edit", stable)
+                continue
+            if name not in sys.modules or rel.endswith("__init__.py"):
+                continue  # never imported: a job's load executes it fresh
+            path = pkg.root / rel
+            try:
+                st = path.stat()
+                module = self._execute(name, path)
+            except Exception as exc:  # reported when a job imports it
+                sys.modules.pop(name, None)
+                log.warning("reloading %s failed: %s: %s", name, type(exc).__name__, exc)
+                continue
+            self._cache[name] = _Cached((st.st_mtime_ns, st.st_size), state.files[rel], module)
+            reloaded.append(name)
+        log.info("experiment package %s changed: reloaded %s", pkg.name,
+                 ", ".join(reloaded) or "nothing")
 
     def load(self, module: str, class_name: str) -> LoadedClass:
         """Resolve and validate ``module.class_name``; raises InvalidParams for anything a
-        client could fix (unknown module/class, not an experiment)."""
+        client could fix (unknown module/class, helper class, not an experiment)."""
         from experiments.base import Experiment  # the contract every job class must meet
 
         path = self._paths.get(module) or self._source_path(module)
+        pkg = self._package(module.split(".")[0])
         with self._lock:
             try:
+                self._sync(pkg)
                 mod, sha = self._module(module, path)
                 self._paths[module] = path
             except InvalidParams:
@@ -141,7 +232,12 @@ class ExperimentLoader:
                 and cls.__module__ == module):
             raise InvalidParams(
                 f"{class_name!r} is not an experiment class defined in {module!r}")
-        return LoadedClass(cls=cls, module=mod, sha256=sha, path=path)
+        if inspect.isabstract(cls) or cls.acquire is Experiment.acquire:
+            raise InvalidParams(
+                f"{module}.{class_name} is a helper base class (it does not implement "
+                "acquire); submit one of the concrete experiments built on it")
+        return LoadedClass(cls=cls, module=mod, sha256=sha, path=path,
+                           package_sha256=pkg.state.sha256, _git=pkg.git)
 
     def validate_config(self, loaded: LoadedClass, config: dict[str, Any]) -> Any:
         from pydantic import ValidationError
@@ -167,6 +263,31 @@ class ExperimentLoader:
         return n
 
 
+def _reload_order(pkg: _Package, old: dict[str, str],
+                  new: dict[str, str]) -> list[tuple[str, str]]:
+    """(module, relative path) of the changed files that still exist and of every module
+    importing one of them, directly or not; dependencies before their importers."""
+    names = {pkg.module_name(r): r for r in new}
+    deps = {m: pkg.imports(r) for m, r in names.items()}
+    affected = {pkg.module_name(r) for r in new if old.get(r) != new[r]}
+    affected |= {pkg.module_name(r) for r in old.keys() - new.keys()}
+    while more := {m for m, d in deps.items() if d & affected} - affected:
+        affected |= more
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(m: str) -> None:
+        if m in seen or m not in names or m not in affected:
+            return
+        seen.add(m)  # before recursing: an import cycle ends here
+        for d in sorted(deps[m]):
+            visit(d)
+        order.append(m)
+    for m in sorted(affected):
+        visit(m)
+    return [(m, names[m]) for m in order]
+
+
 def describe_validation(exc: Any) -> str:
     """A pydantic ValidationError as one line a person can act on."""
     parts = []
@@ -175,30 +296,3 @@ def describe_validation(exc: Any) -> str:
         parts.append(f"{loc}: {err.get('msg')}")
     more = exc.error_count() - 10
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-_git_cache: dict[Path, tuple[float, str | None]] = {}
-
-
-def git_revision(path: Path) -> str | None:
-    """HEAD of the checkout containing ``path`` (+'-dirty' if it has changes), cached
-    briefly; None outside git."""
-    import time
-    directory = path.parent
-    hit = _git_cache.get(directory)
-    if hit and time.monotonic() - hit[0] < 5.0:
-        return hit[1]
-    rev: str | None = None
-    try:
-        out = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            rev = out.stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(directory), "status", "--porcelain",
-                                    "--", str(path)], capture_output=True, text=True, timeout=5)
-            if dirty.returncode == 0 and dirty.stdout.strip():
-                rev += "-dirty"
-    except (OSError, subprocess.SubprocessError):
-        rev = None
-    _git_cache[directory] = (time.monotonic(), rev)
-    return rev

@@ -76,7 +76,10 @@ class Settings(BaseModel):
 
     hardware: Literal["mock", "pyro"] = "mock"
     soccfg_path: Path | None = None        # mock board's QickConfig; None: shipped ZCU216
-    mock_shot_time_s: float = Field(0.0, ge=0)  # simulated wall time per shot (0: instant)
+    # mock board's wall time per round relative to a real board's (reps x points x shot
+    # length): 1 = real time, 0 = instant (tests); the default runs each predecessor README
+    # example in a few seconds, so progress bars and ETAs move
+    mock_speed: float = Field(0.1, ge=0, le=100)
     pyro: PyroSettings = PyroSettings()
     setpoint: SetpointSettings = SetpointSettings()
 

@@ -38,7 +38,7 @@ class Daemon:
         self.socket = self.root / "labd.sock"
         self.settings = {"state_dir": self.state_dir, "socket_path": self.socket,
                          "allowed_packages": ["experiments", "labtest_experiments"],
-                         "stop_grace_s": 1.0, **settings}
+                         "stop_grace_s": 1.0, "mock_speed": 0, **settings}
         self.config_path = self.root / "labd.toml"
         self.config_path.write_text(to_toml(self.settings))
         self.log_path = self.root / "daemon.log"

@@ -26,6 +26,8 @@ class FakeExecutor:
     board = None
     state = "idle"
     busy_with: str | None = None
+    backlog_bytes = 0
+    clock = None
 
     def __init__(self) -> None:
         self.started: asyncio.Queue = asyncio.Queue()

@@ -146,3 +146,18 @@ def test_output_root_is_a_daemon_setting(make_daemon, tmp_path):
     assert job.data_file_path.startswith(str(out) + "/")
     with h5py.File(job.data_file_path) as f:
         assert '"output_root": "%s"' % out in f.attrs["config"]
+
+
+def test_a_job_needing_a_config_type_without_main_says_how_to_push_one(make_daemon):
+    """#10: no main hardware_config -> a sentence naming the type and the command (it was a
+    raw TypeError), before any hardware is touched."""
+    d = make_daemon(config_types=[{"name": "multiphoton_config", "code": "MP",
+                                   "format": "yaml"}])
+    with Client(d.socket) as c:
+        job = c.wait(c.submit("T1Experiment", "experiments.single_qubit.t1"), timeout=30)
+        assert job.status == "failed" and job.end_reason == "start_failed"
+        assert job.error_message.startswith("T1Experiment needs a hardware_config, and there "
+                                            "is no main version of it: push one with "
+                                            "`labctl config push hardware_config FILE`")
+        assert c.wait(c.submit("NoOpExperiment", "experiments.diagnostics.noop"),
+                      timeout=30).is_successful()

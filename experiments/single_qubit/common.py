@@ -6,16 +6,40 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from qick.asm_v2 import AveragerProgramV2
 
 from experiments.base import Experiment, ExperimentConfig
 
+FULL_SCALE_DAC = 32766  # the predecessor's gain unit: DAC counts; qick v2 takes a fraction
+
+
+def dac_to_fraction(gain: float) -> float:
+    return gain / FULL_SCALE_DAC
+
 
 class SweepConfig(ExperimentConfig):
+    """A 1-D sweep, written ``start/step/expts`` or (the predecessor's spectroscopy)
+    ``start/stop/expts``; given both, step and stop must agree."""
     start: float = 0.0
     step: float = Field(0.01, gt=0)
+    stop: float | None = Field(None, description="last point; an alternative to step")
     expts: int = Field(51, ge=2, le=10_000)
+
+    @model_validator(mode="after")
+    def _stop_or_step(self) -> "SweepConfig":
+        if self.stop is None:
+            return self
+        if self.stop <= self.start:
+            raise ValueError(f"stop ({self.stop:g}) must be above start ({self.start:g})")
+        step = (self.stop - self.start) / (self.expts - 1)
+        if "step" in self.model_fields_set and not np.isclose(step, self.step, rtol=1e-9):
+            raise ValueError(
+                f"step {self.step:g} and stop {self.stop:g} disagree: start {self.start:g} + "
+                f"step x (expts - 1) = {self.start + self.step * (self.expts - 1):g}; "
+                "give only one of step and stop")
+        self.step = step
+        return self
 
     def points(self) -> np.ndarray:
         return self.start + self.step * np.arange(self.expts)
@@ -69,6 +93,7 @@ class QubitProgram(AveragerProgramV2):
 
 class SingleQubitExperiment(Experiment):
     config_model = SweepConfig
+    requires_configs = ("hardware_config",)
 
     def qubit(self) -> dict[str, Any]:
         """Channels and calibrated parameters of the first selected qubit."""
@@ -84,27 +109,38 @@ class SingleQubitExperiment(Experiment):
             "res_ch": ch(dacs, "readout"), "res_nqz": ch(dacs, "readout", "nyquist", 2),
             "ro_ch": ch(adcs, "readout"),
             "f_ge": float(self.device("qubit", "f_ge")),
-            "pi_gain": float(self.device("qubit", "pulses", default={}).get("pi_ge", {})
-                             .get("gain", [0.5])[q]),
+            # gains in the hardware config are DAC units (as the predecessor's); qick takes
+            # a fraction of full scale
+            "pi_gain": dac_to_fraction(float(self.device("qubit", "pulses", default={})
+                                             .get("pi_ge", {}).get("gain", [16383])[q])),
             "pi_sigma": float(self.device("qubit", "pulses", default={}).get("pi_ge", {})
                               .get("sigma", [0.05])[q]),
             "ro_freq": float(self.device("readout", "frequency")),
-            "ro_gain": float(self.device("readout", "gain")),
+            "ro_gain": dac_to_fraction(float(self.device("readout", "gain"))),
             "ro_length": float(self.device("readout", "readout_length")),
             "trig_offset": 0.0,
         }
 
+    def data_units(self) -> dict[str, str]:
+        unit = self.expt_units().get("start")
+        return {"xpts": unit} if unit else {}
+
     def run_sweep(self, program: type[QubitProgram], xpts: np.ndarray,
-                  model: Callable[[dict[str, float]], np.ndarray],
+                  model: Callable[[dict[str, float]], np.ndarray], seq_us: Any = 0.0,
                   **params: Any) -> dict[str, np.ndarray]:
-        """Compile ``program`` against the board's QickConfig and acquire it."""
+        """Compile ``program`` against the board's QickConfig and acquire it. ``seq_us``
+        (per point or one value) is how long the pulse sequence takes before readout: with
+        the relax delay it sets how long a shot takes on the mock board, as on a real one."""
         cfg = {"q": self.qubit(), "expts": self.cfg.expts, **params}
         self.ctx.log.info("%s on qubit %s: %d points x %d reps x %d rounds",
                           type(self).__name__, self.cfg.qubits[0], self.cfg.expts,
                           self.cfg.reps, self.cfg.rounds)
         prog = program(self.ctx.board.soccfg, reps=self.cfg.reps,
                        final_delay=self.cfg.relax_delay, cfg=cfg)
-        iq = self.ctx.board.acquire(prog, rounds=self.cfg.rounds, ctx=self.ctx, model=model)
+        q = cfg["q"]
+        shot_us = float(np.mean(seq_us)) + 0.05 + q["ro_length"] + self.cfg.relax_delay
+        iq = self.ctx.board.acquire(prog, rounds=self.cfg.rounds, ctx=self.ctx, model=model,
+                                    shot_us=shot_us)
         return self.iq_data(xpts, iq)
 
 

@@ -7,16 +7,24 @@ from qick.asm_v2 import QickSweep1D
 
 from experiments.fitting import fit_lorentzian_dip
 
-from .common import QubitProgram, SingleQubitExperiment, SweepConfig
+from .common import (FULL_SCALE_DAC, QubitProgram, SingleQubitExperiment, SweepConfig,
+                     dac_to_fraction)
 
 
 class ResonatorSpectroscopyConfig(SweepConfig):
-    start: float = Field(6990.0, gt=0, description="MHz")
-    step: float = Field(0.2, gt=0, description="MHz")
+    start: float = Field(7000.0, gt=0, description="first readout frequency",
+                         json_schema_extra={"unit": "MHz"})
+    step: float = Field(1.0, gt=0, description="frequency step",
+                        json_schema_extra={"unit": "MHz"})
+    stop: float | None = Field(None, gt=0, description="last frequency; instead of step",
+                               json_schema_extra={"unit": "MHz"})
     expts: int = Field(101, ge=5, le=5000)
-    gain: float | None = Field(None, gt=0, le=1, description="default: readout gain")
+    gain: float | None = Field(None, gt=0, le=FULL_SCALE_DAC,
+                               description="readout gain; default: the configured one",
+                               json_schema_extra={"unit": "DAC"})
     reps: int = Field(500, ge=1, le=10_000_000)
-    relax_delay: float = Field(10.0, ge=0, le=1e6)
+    relax_delay: float = Field(10.0, ge=0, le=1e6, description="wait between shots",
+                               json_schema_extra={"unit": "us"})
 
 
 class ResonatorSpectroscopyProgram(QubitProgram):
@@ -36,7 +44,7 @@ class ResonatorSpectroscopyExperiment(SingleQubitExperiment):
             return truth["signal"] * s21 * np.exp(-2j * np.pi * 0.05 * (xpts - xpts[0]))
         params = {"ro_freq": QickSweep1D("sweep", c.start, xpts[-1])}
         if c.gain is not None:
-            params["ro_gain"] = c.gain
+            params["ro_gain"] = dac_to_fraction(c.gain)
         return self.run_sweep(ResonatorSpectroscopyProgram, xpts, model, **params)
 
     def analyze(self, data):

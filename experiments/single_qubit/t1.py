@@ -11,8 +11,10 @@ from .common import QubitProgram, SingleQubitExperiment, SweepConfig, readout_iq
 
 
 class T1Config(SweepConfig):
-    start: float = Field(0.0, ge=0, description="us")
-    step: float = Field(4.0, gt=0, description="us")
+    start: float = Field(0.0, ge=0, description="first wait", json_schema_extra={"unit": "us"})
+    step: float = Field(2.0, gt=0, description="wait step", json_schema_extra={"unit": "us"})
+    stop: float | None = Field(None, gt=0, description="last wait; instead of step",
+                               json_schema_extra={"unit": "us"})
     expts: int = Field(51, ge=3, le=2000)
 
 
@@ -36,6 +38,7 @@ class T1Experiment(SingleQubitExperiment):
         def model(truth):
             return readout_iq(np.exp(-xpts / truth["T1"]), truth)
         return self.run_sweep(T1Program, xpts, model,
+                              seq_us=xpts + 4 * self.qubit()["pi_sigma"],
                               wait=QickSweep1D("sweep", c.start, xpts[-1]))
 
     def analyze(self, data):

@@ -13,10 +13,13 @@ from .common import QubitProgram, SingleQubitExperiment, SweepConfig, readout_iq
 
 
 class T2RamseyConfig(SweepConfig):
-    start: float = Field(0.0, ge=0, description="us")
-    step: float = Field(1.0, gt=0, description="us")
-    expts: int = Field(101, ge=5, le=2000)
-    ramsey_freq: float = Field(0.1, ge=0, le=100, description="MHz, virtual detuning")
+    start: float = Field(0.0, ge=0, description="first wait", json_schema_extra={"unit": "us"})
+    step: float = Field(0.1, gt=0, description="wait step", json_schema_extra={"unit": "us"})
+    stop: float | None = Field(None, gt=0, description="last wait; instead of step",
+                               json_schema_extra={"unit": "us"})
+    expts: int = Field(100, ge=5, le=2000)
+    ramsey_freq: float = Field(0.5, ge=0, le=100, description="virtual detuning",
+                               json_schema_extra={"unit": "MHz"})
 
 
 class T2RamseyProgram(QubitProgram):
@@ -46,7 +49,8 @@ class T2RamseyExperiment(SingleQubitExperiment):
             p = 0.5 * (1 - np.exp(-xpts / truth["T2R"]) * np.cos(2 * np.pi * detuning * xpts))
             return readout_iq(p, truth)
         return self.run_sweep(
-            T2RamseyProgram, xpts, model, wait=QickSweep1D("sweep", c.start, xpts[-1]),
+            T2RamseyProgram, xpts, model, seq_us=xpts + 8 * self.qubit()["pi_sigma"],
+            wait=QickSweep1D("sweep", c.start, xpts[-1]),
             phase=QickSweep1D("sweep", 360 * c.ramsey_freq * c.start,
                               360 * c.ramsey_freq * xpts[-1]))
 

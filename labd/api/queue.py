@@ -114,11 +114,11 @@ def status(call: Call) -> str:
 
 @rpc("board_stats")
 async def board_stats(call: Call, p: NoParams) -> dict[str, Any]:
-    """The board's idle time between one acquisition's end and the next one's start
-    (the latest 100k, in ms; idle time with nothing queued is included: measure with a
-    full queue), and how many acquisitions ran."""
-    ex = call.app.scheduler.executor
-    return {"acquisitions": ex.acquisitions, "idle_gaps_ms": [g * 1e3 for g in ex.gaps]}
+    """The board's idle time between one acquisition's end (``board.acquire`` returning)
+    and the next one's start (the latest 100k, in ms; idle time with nothing queued is
+    included: measure with a full queue), and how many acquisitions ran."""
+    clock = call.app.scheduler.executor.clock
+    return {"acquisitions": clock.acquisitions, "idle_gaps_ms": [g * 1e3 for g in clock.gaps]}
 
 
 @rpc("health")

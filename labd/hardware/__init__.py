@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import defaults
 from ..settings import Settings
 
-SHIPPED_SOCCFG = Path(__file__).resolve().parents[2] / "configs" / "soccfg_zcu216.json"
+SHIPPED_SOCCFG = defaults.path("soccfg_zcu216.json")
 
 
 def load_soccfg_dict(path: Path | None) -> dict:
@@ -22,4 +23,4 @@ def make_board(settings: Settings):
         return PyroBoard(settings.pyro)
     from .simulated import SimulatedBoard
     return SimulatedBoard(load_soccfg_dict(settings.soccfg_path),
-                          shot_time_s=settings.mock_shot_time_s)
+                          speed=settings.mock_speed)

@@ -70,7 +70,9 @@ class PyroBoard:
         return self._connected()[1]
 
     def acquire(self, prog: Any, *, rounds: int, ctx: Any,
-                model: Callable[[dict[str, float]], np.ndarray]) -> np.ndarray:
+                model: Callable[[dict[str, float]], np.ndarray],
+                shot_us: float = 0.0) -> np.ndarray:
+        """``model`` and ``shot_us`` are for the simulated board: a real one just runs."""
         soc, _ = self._connected()
         try:
             prog.acquire(soc, rounds=rounds, step_rounds=True, progress=False)

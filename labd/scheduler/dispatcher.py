@@ -2,9 +2,9 @@
 claim (resolve config versions, durably mark it running), acquire (the board thread),
 supervise (cancel, time limit, escalation), then analyze (the analysis thread saves the raw
 data and fits) and finish (record the outcome). The next job starts acquiring as soon as
-the board is free, while the previous one is still being saved and analyzed; at most
-``MAX_ANALYZING`` jobs wait for analysis, so a slow fit holds back the board rather than
-piling up raw data in memory.
+the board is free, while the previous one is still being saved and analyzed. The jobs
+waiting for their save and fit are bounded (``MAX_ANALYZING`` jobs, ``MAX_BACKLOG_BYTES`` of
+raw data): past that the board waits for a fit rather than piling up data in memory.
 
 Escalation for a job asked to stop: its stop flag (cooperative, ``check_stop``); after
 ``stop_grace_s`` it is interrupted at its next labd call (board, log, print, progress);
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_ANALYZING = 4
+MAX_ANALYZING = 256
+MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -99,7 +100,8 @@ class Dispatcher:
     def _can_start(self) -> bool:
         s = self.sched
         return not (s.paused or self.stuck_since is not None or not len(s.queue)
-                    or len(self.analyzing) >= MAX_ANALYZING)
+                    or len(self.analyzing) >= MAX_ANALYZING
+                    or self.executor.backlog_bytes >= MAX_BACKLOG_BYTES)
 
     async def _dispatch_loop(self) -> None:
         ran_since_collect = False
@@ -132,7 +134,8 @@ class Dispatcher:
     async def _run(self, pj: PendingJob) -> None:
         # Visible as running from the moment it leaves the queue, so a cancel that arrives
         # while the claim is being committed still reaches it.
-        ctx = JobContext(pj.job_id, self.executor.board, self._on_progress)
+        ctx = JobContext(pj.job_id, self.executor.board, self._on_progress,
+                         self.executor.clock)
         run = Running(pj, ctx, "", time.monotonic(), self.sched.settings.job_time_limit_s)
         self.running = run
         if self.sched.stopping:

@@ -1,0 +1,340 @@
+"""Board and throughput benchmark (issue #14). Starts real daemons (mock board) and prints one
+JSON object; every figure has the physical floor measured in the same run beside it.
+
+- board idle gap: end of one acquire() to the start of the next, measured by the daemon's
+  board thread (``board_stats``), with the queue `depth` deep, for mock T1, mock Rabi and a
+  T1 whose fit takes 200 ms; floor: one durable SQLite commit (a job's start is recorded
+  before it runs).
+- drain: mock T1 jobs per second with data files and fits.
+- submit latency with the sync Client, next to a minimal asyncio server on this machine
+  that commits the same row (WAL, synchronous=FULL) before replying.
+- 16 separate client processes submitting at once; floor: the same against that server.
+- history over 100k finished jobs, every filter combination; floor: the same SELECT in
+  SQLite directly.
+
+    .venv/bin/python benchmarks/bench_board.py [--quick] [--deep]   (--deep adds 1M pending)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from daemon_harness import Daemon  # noqa: E402
+
+from labd_client import Client  # noqa: E402
+
+T1 = ("T1Experiment", "experiments.single_qubit.t1", {"expts": 50, "reps": 100})
+RABI = ("AmplitudeRabiExperiment", "experiments.single_qubit.amplitude_rabi",
+        {"expts": 50, "reps": 100})
+SLOW_FIT = ("SlowFitT1", "labtest_experiments.bench", {"expts": 50, "reps": 100})
+NOOP = ("NoOpExperiment", "experiments.diagnostics.noop", {})
+TARGETS = {"idle_gap_p50_ms": 0.5, "idle_gap_p99_ms": 2, "drain_t1_per_s": 200,
+           "submit_p50_vs_floor": 1.3, "submits_per_s_16_procs": 4000, "history_ms": 5,
+           "rss_1m_pending_mb": 400}
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+
+def stats(xs: list[float]) -> dict[str, float]:
+    return {"p50": round(pct(xs, 50), 3), "p99": round(pct(xs, 99), 3)}
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+_roots: list[Path] = []
+
+
+@contextlib.contextmanager
+def daemon(**settings) -> Iterator[Daemon]:
+    d = Daemon(max_pending_per_user=2_000_000, max_batch=10_000, job_time_limit_s=86400,
+               **settings).start(timeout=120)
+    _roots.append(d.root)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def spec(exp: tuple) -> dict:
+    return {"experiment_class": exp[0], "experiment_module": exp[1],
+            "experiment_config": exp[2]}
+
+
+# ---- floors -------------------------------------------------------------------------
+ROW = ("INSERT INTO jobs (job_id, body) VALUES (?, ?)")
+
+
+def floor_db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, body TEXT)")
+    return db
+
+
+def floor_commit_ms(n: int) -> dict[str, float]:
+    """One durable commit of a job-sized row: the least any recorded start can cost."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = floor_db(Path(tmp) / "f.db")
+        body = json.dumps(spec(T1)) * 3
+        lat = []
+        for i in range(n):
+            t = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(ROW, (f"J{i}", body))
+            db.execute("COMMIT")
+            lat.append((time.perf_counter() - t) * 1e3)
+        return stats(lat)
+
+
+class FloorServer:
+    """The least a durable submit can cost here: a minimal asyncio server on a Unix socket
+    that commits the request's row (WAL, synchronous=FULL) before replying."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "floor.sock"
+        self.db = floor_db(root / "floor.db")
+        self.n = itertools.count()
+        self._ready = threading.Event()
+        threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True).start()
+        self._ready.wait(10)
+
+    async def _serve(self) -> None:
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while line := await r.readline():
+                req = json.loads(line)
+                job_id = f"JOB-{next(self.n)}"
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute(ROW, (job_id, json.dumps(req["params"])))
+                self.db.execute("COMMIT")
+                w.write(json.dumps({"jsonrpc": "2.0", "result": {"job_id": job_id},
+                                    "id": req["id"]}).encode() + b"\n")
+                await w.drain()
+        server = await asyncio.start_unix_server(handle, path=str(self.path), backlog=1024)
+        self._ready.set()
+        async with server:
+            await server.serve_forever()
+
+
+def floor_submit(path: Path, n: int) -> list[float]:
+    frame = json.dumps({"jsonrpc": "2.0", "method": "submit", "params": spec(NOOP),
+                        "id": 1}).encode() + b"\n"
+    lat = []
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        f = s.makefile("rb")
+        for _ in range(n):
+            t = time.perf_counter()
+            s.sendall(frame)
+            f.readline()
+            lat.append((time.perf_counter() - t) * 1e3)
+    return lat
+
+
+# ---- phases ---------------------------------------------------------------------------
+def phase_gaps(out: dict, depths: list[int], measured: int) -> None:
+    """Board idle gap and drain, queue `depth` deep, for each experiment."""
+    out["floor_commit_ms"] = floor_commit_ms(300)
+    for exp in (T1, RABI, SLOW_FIT):
+        for depth in depths:
+            with daemon() as d, Client(d.socket, timeout=600) as c:
+                c.pause()
+                for left in range(depth, 0, -10_000):
+                    c.submit_batch([spec(exp)] * min(left, 10_000))
+                key = f"{exp[0]}@{depth}"
+                if depth >= 1_000_000:
+                    out["rss_1m_pending_mb"] = rss_mb(d.proc.pid)
+                n = min(depth, measured)
+                first = c.history(limit=1, status="pending", cursor=None)
+                before = c.call("board_stats")["acquisitions"]
+                t = time.perf_counter()
+                c.resume()
+                deadline = time.monotonic() + 600
+                while c.call("board_stats")["acquisitions"] - before < n:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                acquire_rate = n / (time.perf_counter() - t)
+                c.pause()
+                gaps = c.call("board_stats")["idle_gaps_ms"][-(n - 1):]
+                out[f"idle_gap_ms {key}"] = stats(gaps)
+                out[f"acquisitions_per_s {key}"] = round(acquire_rate)
+                del first
+    with daemon() as d, Client(d.socket, timeout=600) as c:  # drain: durable outcomes
+        c.pause()
+        batch = c.submit_batch([spec(T1)] * measured)
+        t = time.perf_counter()
+        c.resume()
+        c.wait(batch["job_ids"][-1], timeout=600)
+        out["drain_t1_per_s"] = round(measured / (time.perf_counter() - t))
+        jobs = c.history(batch_id=batch["batch_id"], limit=measured)
+        out["drain_t1_failed"] = sum(1 for j in jobs if j.status != "completed")
+
+
+def _client_proc(sock: str, n: int, floor: bool, start: float, q: mp.Queue) -> None:
+    while time.time() < start:
+        time.sleep(0.001)
+    errors = 0
+    if floor:
+        floor_submit(Path(sock), n)
+    else:
+        with Client(sock) as c:
+            for _ in range(n):
+                try:
+                    c.submit(*NOOP[:2])
+                except Exception:
+                    errors += 1
+    q.put((time.time(), errors))
+
+
+def sixteen(sock: Path, n: int, floor: bool) -> tuple[float, int]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    start = time.time() + 2.0  # every process is up before the clock starts
+    procs = [ctx.Process(target=_client_proc, args=(str(sock), n, floor, start, q))
+             for _ in range(16)]
+    for p in procs:
+        p.start()
+    ends = [q.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return 16 * n / (max(e for e, _ in ends) - start), sum(e for _, e in ends)
+
+
+def phase_submit(out: dict, n_lat: int, n_proc: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, daemon() as d:
+        floor = FloorServer(Path(tmp))
+        with Client(d.socket) as c:
+            c.pause()  # everything stays pending: submits are measured alone
+            for _ in range(200):
+                c.submit(*NOOP[:2])
+            lat = []
+            for _ in range(n_lat):
+                t = time.perf_counter()
+                c.submit(*NOOP[:2])
+                lat.append((time.perf_counter() - t) * 1e3)
+        fl = floor_submit(floor.path, n_lat)
+        out["submit_ms"] = stats(lat)
+        out["submit_floor_ms"] = stats(fl)
+        out["submit_p50_vs_floor"] = round(pct(lat, 50) / pct(fl, 50), 2)
+        rate, errors = sixteen(d.socket, n_proc, False)
+        frate, _ = sixteen(floor.path, n_proc, True)
+        out["submits_per_s_16_procs"] = round(rate)
+        out["submit_errors_16_procs"] = errors
+        out["floor_submits_per_s_16_procs"] = round(frate)
+
+
+FILTERS = {"user": "u3", "os_user": "root", "status": "failed",
+           "experiment": "T1Experiment", "batch_id": "BATCH-000000000007",
+           "since": "2026-01-01T12:00:00+00:00", "cursor": 50_000}
+
+
+def fill_history(db_path: Path, n: int) -> None:
+    """n finished jobs written straight into a new database (before its daemon starts)."""
+    from labd.migrations import BASELINE, STEPS
+    from labd.store import INSERT_JOB, job_row
+    db = sqlite3.connect(db_path)
+    db.executescript(BASELINE)
+    for step in STEPS:
+        for sql in step:
+            db.execute(sql)
+    db.execute(f"PRAGMA user_version = {len(STEPS)}")
+    classes = ["T1Experiment", "AmplitudeRabiExperiment", "T2RamseyExperiment", "NoOp"]
+    statuses = ["completed", "failed", "cancelled"]
+    rows = []
+    for i in range(n):
+        t = f"2026-01-01T{(i * 24 // n):02d}:00:00+00:00"
+        rows.append(job_row({
+            "job_id": f"JOB-20260101-{i + 1:05d}", "status": statuses[i % 3],
+            "user": f"u{i % 10}", "os_user": "root", "os_uid": 0,
+            "experiment_class": classes[i % 4], "experiment_module": "experiments.x",
+            "experiment_config": {"reps": 100, "expts": 50}, "priority": 0,
+            "created_at": t, "started_at": t, "finished_at": t,
+            "batch_id": f"BATCH-{i // 1000:012d}", "held": 0,
+            "end_reason": "completed"}))
+    db.executemany(INSERT_JOB, rows)
+    db.execute("INSERT INTO counters VALUES ('JOB', '20260101', ?)", (n,))
+    db.commit()
+    db.close()
+
+
+def phase_history(out: dict, n: int) -> None:
+    state = Path(tempfile.mkdtemp(prefix="labd-bench-"))
+    _roots.append(state)
+    fill_history(state / "labd.sqlite3", n)
+    worst, worst_floor, combos = 0.0, 0.0, 0
+    with daemon(state_dir=str(state)) as d, Client(d.socket) as c:
+        direct = sqlite3.connect(state / "labd.sqlite3")
+        for k in range(len(FILTERS) + 1):
+            for keys in itertools.combinations(FILTERS, k):
+                params = {key: FILTERS[key] for key in keys}
+                lat = []
+                for _ in range(10):
+                    t = time.perf_counter()
+                    c.call("history", limit=50, **params)
+                    lat.append((time.perf_counter() - t) * 1e3)
+                where = [f"{'experiment_class' if key == 'experiment' else key} = ?"
+                         for key in keys if key not in ("since", "cursor")]
+                args = [FILTERS[key] for key in keys if key not in ("since", "cursor")]
+                if "since" in keys:
+                    where.append("created_at >= ?")
+                    args.append(FILTERS["since"])
+                if "cursor" in keys:
+                    where.append("seq < ?")
+                    args.append(FILTERS["cursor"])
+                sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where
+                                              else "") + " ORDER BY seq DESC LIMIT 50"
+                fl = []
+                for _ in range(10):
+                    t = time.perf_counter()
+                    direct.execute(sql, args).fetchall()
+                    fl.append((time.perf_counter() - t) * 1e3)
+                worst = max(worst, pct(lat, 50))
+                worst_floor = max(worst_floor, pct(fl, 50))
+                combos += 1
+    out["history_filter_combinations"] = combos
+    out["history_worst_p50_ms"] = round(worst, 2)
+    out["history_floor_worst_p50_ms"] = round(worst_floor, 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    ap.add_argument("--deep", action="store_true", help="also 1M pending (minutes, ~GBs)")
+    a = ap.parse_args()
+    out: dict = {"cpus": os.cpu_count()}
+    phase_submit(out, 300 if a.quick else 3000, 100 if a.quick else 1000)
+    phase_history(out, 10_000 if a.quick else 100_000)
+    depths = [100] if a.quick else [100, 10_000] + ([1_000_000] if a.deep else [])
+    phase_gaps(out, depths, 50 if a.quick else 300)
+    out["targets"] = TARGETS
+    print(json.dumps(out, indent=2))
+    for root in _roots:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

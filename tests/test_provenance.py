@@ -1,0 +1,130 @@
+"""Code provenance: the whole experiment package's hash and the git revision are recorded
+per job, an edit to a shared module reaches the next job, and a cached lookup runs no
+subprocess."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from daemon_harness import REPO
+from labd.experiment_loader import ExperimentLoader
+from labd.provenance import GitRevision, PackageHasher
+
+T1 = {"start": 0, "step": 0.5, "expts": 100, "reps": 200}
+
+
+def copy_package(root: Path, name: str = "labprov") -> Path:
+    """experiments/single_qubit copied as its own package ``name`` (relative imports)."""
+    pkg = root / name
+    shutil.copytree(REPO / "experiments" / "single_qubit", pkg,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return pkg
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_edit_to_a_shared_module_reaches_the_next_job_and_changes_the_package_hash(
+        make_daemon, tmp_path):
+    from labd_client import Client
+    pkg = copy_package(tmp_path)
+    d = make_daemon(start=False, allowed_packages=["experiments", "labprov"])
+    d.env_extra["PYTHONPATH_PREPEND"] = str(tmp_path)
+    d.start()
+    with Client(d.socket) as c:
+        first = c.wait(c.submit("T1Experiment", "labprov.t1", T1), timeout=60)
+        common = pkg / "common.py"
+        src = common.read_text()
+        edited = src.replace("    ground, excited = -0.5 + 0.2j, 0.5 - 0.1j",
+                             "    ground, excited = 99.5 + 0.2j, 100.5 - 0.1j")
+        assert edited != src
+        common.write_text(edited)
+        second = c.wait(c.submit("T1Experiment", "labprov.t1", T1), timeout=60)
+    assert first.status == second.status == "completed", second.error_message
+    with h5py.File(first.data_file_path) as a, h5py.File(second.data_file_path) as b:
+        shift = np.mean(b["avgi"][()]) - np.mean(a["avgi"][()])
+        assert shift == pytest.approx(100, abs=1)   # the edited readout_iq ran
+        assert len(a.attrs["package_sha256"]) == 64
+        assert a.attrs["package_sha256"] != b.attrs["package_sha256"]
+        assert a.attrs["module_sha256"] == b.attrs["module_sha256"]  # t1.py untouched
+    assert first.raw["module_sha256"] == second.raw["module_sha256"]
+
+
+def test_dependents_are_reloaded_dependencies_first(tmp_path, monkeypatch):
+    pkg = copy_package(tmp_path, "labprov2")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loader = ExperimentLoader(["labprov2"])
+    before = loader.load("labprov2.t1", "T1Experiment")
+    common = pkg / "common.py"
+    common.write_text(common.read_text() + "\nEDITED = True\n")
+    after = loader.load("labprov2.t1", "T1Experiment")
+    assert after.cls is not before.cls                       # t1 re-executed ...
+    assert after.cls.__mro__[1].__module__ == "labprov2.common"
+    assert sys.modules["labprov2.common"].EDITED            # ... on the new common,
+    assert sys.modules["labprov2"].common.EDITED             # also for `from . import`
+    assert after.package_sha256 != before.package_sha256
+    assert after.sha256 == before.sha256
+    again = loader.load("labprov2.t1", "T1Experiment")
+    assert again.cls is after.cls                            # nothing changed: no reload
+
+
+def test_package_hash_rereads_only_changed_files(tmp_path, monkeypatch):
+    pkg = copy_package(tmp_path)
+    hasher = PackageHasher(pkg)
+    first = hasher.scan()
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(f),
+                                                              real_open(f, *a, **k))[1])
+    assert hasher.scan() is first and opened == []
+    (pkg / "t1.py").write_text((pkg / "t1.py").read_text() + "\n# edited\n")
+    second = hasher.scan()
+    assert [Path(p).name for p in opened] == ["t1.py"]
+    assert second.sha256 != first.sha256
+    assert second.files["common.py"] == first.files["common.py"]
+
+
+def test_git_revision_says_dirty_for_the_package_and_is_cached(tmp_path, monkeypatch):
+    pkg = copy_package(tmp_path / "repo")
+    repo = tmp_path / "repo"
+    git(repo, "init", "-q")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    head = git(repo, "rev-parse", "HEAD")
+    hasher, rev = PackageHasher(pkg), GitRevision(pkg)
+    assert rev.revision(hasher.scan().sha256) == head
+    (pkg / "common.py").write_text((pkg / "common.py").read_text() + "# edit\n")
+    assert rev.revision(hasher.scan().sha256) == head + "-dirty"
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "y")
+    git(repo, "pack-refs", "--all")              # refs read from packed-refs too
+    assert rev.revision(hasher.scan().sha256) == git(repo, "rev-parse", "HEAD")
+
+
+def test_cached_git_revision_runs_no_subprocess(monkeypatch):
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    loader = ExperimentLoader(["experiments"])
+    rev = loader.load("experiments.single_qubit.t1", "T1Experiment").git_rev()
+    assert rev is not None and rev.startswith(head.stdout.strip())
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("subprocess on a cache hit")
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    later = time.monotonic() + 3600          # a cache that merely expires would run git
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        assert loader.load("experiments.single_qubit.t1", "T1Experiment").git_rev() == rev
+    assert (time.perf_counter() - t0) / 100 < 0.005
