@@ -8,42 +8,95 @@ import csv
 import difflib
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import Conflict, InvalidParams, NotFound
-from .ids import DailyCounter
+from .durable import write_new_file
+from .errors import Conflict, InvalidParams, NotFound, Unavailable
+from .ids import DailyCounter, floor_from_files, later
 from .models import utcnow
 from .settings import ConfigType, Settings
-from .store import UPSERT_COUNTER, Store
+from .store import UPSERT_COUNTER, Op, PreconditionFailed, Store
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "configs"
 _EXT = {"yaml": ".yml", "csv": ".csv"}
 
 
-class ChecksumMismatch(RuntimeError):
-    pass
+class SnapshotDamaged(Unavailable):
+    """A snapshot file is missing or no longer matches its stored SHA256."""
 
 
-def _write_snapshot(path: Path, data: bytes) -> None:
-    """Durable and read-only before anything refers to it."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, path)
+# Hostile YAML: an alias bomb stays small as text and as a node graph (aliases share
+# nodes) but explodes once constructed, and then in every data file's merged config.
+# So the graph is checked before anything is built.
+MAX_YAML_DEPTH = 64
+MAX_YAML_ALIASES = 1000
+MAX_YAML_ALIAS_NODES = 100_000      # nodes aliases may add once expanded
+
+
+def _check_yaml_graph(root: yaml.Node) -> None:
+    """Refuse deep nesting, many aliases or a large expansion, before construction."""
+    memo: dict[int, tuple[int, int]] = {}   # id(node) -> (expanded nodes, height)
+    unique = aliases = 0
+
+    def walk(node: yaml.Node, depth: int) -> tuple[int, int]:
+        nonlocal unique, aliases
+        if depth > MAX_YAML_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        key = id(node)
+        if key in memo:
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise ValueError(f"more than {MAX_YAML_ALIASES} alias references")
+            size, height = memo[key]
+            if size < 0:
+                raise ValueError("an alias refers to a node that contains it")
+            if depth + height > MAX_YAML_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return size, height
+        memo[key] = (-1, 0)
+        unique += 1
+        size, height = 1, 0
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        for child in children:
+            s, h = walk(child, depth + 1)
+            size, height = size + s, max(height, h + 1)
+            if size - unique > MAX_YAML_ALIAS_NODES:
+                raise ValueError(f"aliases expand it by more than {MAX_YAML_ALIAS_NODES} "
+                                 "nodes (an alias bomb?)")
+        memo[key] = (size, height)
+        return size, height
+    walk(root, 0)
+
+
+def _load_yaml(content: str) -> Any:
+    loader = _Loader(content)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_graph(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def parse_content(ctype: ConfigType, content: str) -> Any:
-    """Parse (and so validate) config content of a type; raises InvalidParams."""
+    """Parse (and so validate) config content of a type; raises InvalidParams. CPU-bound
+    for large content: call it off the event loop."""
     try:
         if ctype.format == "yaml":
-            value = yaml.safe_load(content)
+            value = _load_yaml(content)
             if ctype.name == "hardware_config" and not isinstance(value, dict):
                 raise ValueError("hardware_config must be a YAML mapping "
                                  "(sections device, hw, aliases)")
@@ -52,9 +105,11 @@ def parse_content(ctype: ConfigType, content: str) -> Any:
         if not rows:
             raise ValueError("empty CSV")
         return rows
+    except RecursionError:
+        reason = "nested too deeply"
     except (yaml.YAMLError, csv.Error, ValueError) as exc:
-        raise InvalidParams(f"{ctype.name}: content is not valid {ctype.format}: {exc}"
-                             ) from None
+        reason = str(exc)
+    raise InvalidParams(f"{ctype.name}: content is not valid {ctype.format}: {reason}")
 
 
 class ConfigStore:
@@ -66,12 +121,17 @@ class ConfigStore:
         self.main: dict[str, str] = {}          # type name -> main version ID
         self.counters: dict[str, DailyCounter] = {}
         self._rows: dict[str, Any] = {}         # version rows are immutable: cache them
+        # One change of versions or main per type at a time: two pushes of identical
+        # content must not both create it. The compare-and-set of main is in SQL anyway.
+        self._locks = {name: asyncio.Lock() for name in self.types}
 
     async def open(self, counters: dict[str, tuple[str, int]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         for t in self.types.values():
             prefix = f"CFG-{t.code}"
-            day, last = counters.get(prefix, (None, 0))
+            # Never below a snapshot already on disk (the database may be new or behind).
+            on_disk = await asyncio.to_thread(floor_from_files, prefix, self.dir)
+            day, last = later(counters.get(prefix, (None, 0)), on_disk)
             self.counters[t.name] = DailyCounter(prefix, day, last)
         rows = await self.store.fetchall(
             "SELECT type, version_id FROM config_main_history WHERE id IN "
@@ -105,46 +165,108 @@ class ConfigStore:
 
     def read_verified(self, row: Any) -> str:
         """Snapshot content, checked against the stored SHA256 (runs in any thread)."""
-        data = self._path(row).read_bytes()
-        if hashlib.sha256(data).hexdigest() != row["sha256"]:
-            raise ChecksumMismatch(f"{row['version_id']}: snapshot file does not match its "
-                                   f"stored SHA256 (modified or corrupt)")
-        return data.decode()
+        vid = row["version_id"]
+        try:
+            data = self._path(row).read_bytes()
+        except OSError as exc:
+            problem = f"snapshot file cannot be read ({exc.strerror or exc})"
+        else:
+            if hashlib.sha256(data).hexdigest() == row["sha256"]:
+                try:
+                    return data.decode()
+                except UnicodeDecodeError:
+                    pass
+            problem = "snapshot file does not match its stored SHA256 (modified or truncated)"
+        raise SnapshotDamaged(f"{vid}: {problem}; push the same content again to repair it"
+                              f" (labctl config push {row['type']} FILE)")
+
+    def _repair_if_damaged(self, row: Any, data: bytes) -> bool:
+        """Rewrite a damaged snapshot from content known to match its hash (in a thread)."""
+        try:
+            self.read_verified(row)
+            return False
+        except SnapshotDamaged:
+            write_new_file(self._path(row), data, replace=True)
+            return True
 
     async def snapshot(self, type_name: str, content: str, by: str,
                        message: str | None = None) -> tuple[str, bool]:
         """(version ID, created?) for content, reusing an identical existing version."""
-        t = self.ctype(type_name)
-        if len(content.encode()) > self.settings.max_config_bytes:
-            raise InvalidParams(f"{type_name}: content exceeds "
-                                 f"{self.settings.max_config_bytes} bytes")
-        parse_content(t, content)
-        data = content.encode()
-        sha = hashlib.sha256(data).hexdigest()
-        row = await self.store.fetchone(
-            "SELECT version_id FROM config_versions WHERE type = ? AND sha256 = ?",
-            (type_name, sha))
-        if row is not None:
-            return row["version_id"], False
-        counter = self.counters[type_name]
-        vid = counter.next()
-        filename = f"{vid}{_EXT[t.format]}"
-        await asyncio.to_thread(_write_snapshot, self.dir / filename, data)
-        await self.store.write(
-            ("INSERT INTO config_versions(version_id, type, sha256, size, filename, created_at,"
-             " created_by, message) VALUES (?,?,?,?,?,?,?,?)",
-             (vid, type_name, sha, len(data), filename, utcnow(), by, message)),
-            (UPSERT_COUNTER, counter.row()))
-        return vid, True
+        r = await self._snapshot(type_name, content, by, message, set_main=False)
+        return r["version_id"], r["created"]
 
     async def push(self, type_name: str, content: str, by: str, message: str | None = None,
                    expected_main: str | None = None) -> dict[str, Any]:
-        if expected_main is not None and self.main.get(type_name) != expected_main:
-            raise Conflict(f"{type_name}: main is {self.main.get(type_name)}, not "
-                           f"{expected_main} (someone pushed meanwhile); pull and retry")
-        vid, created = await self.snapshot(type_name, content, by, message)
-        await self.set_main(type_name, vid, by)
-        return {"type": type_name, "version_id": vid, "created": created}
+        """Snapshot content and make it main, in one commit that checks main is still
+        ``expected_main`` (or whatever it was when this push began)."""
+        return await self._snapshot(type_name, content, by, message, True, expected_main)
+
+    async def _snapshot(self, type_name: str, content: str, by: str, message: str | None,
+                        set_main: bool, expected_main: str | None = None) -> dict[str, Any]:
+        """A version for content: an identical one reused (and repaired if its file is
+        damaged, since the content is known to match its hash), else a new one."""
+        t = self.ctype(type_name)
+        data = content.encode()
+        if len(data) > self.settings.max_config_bytes:
+            raise InvalidParams(f"{type_name}: content exceeds "
+                                 f"{self.settings.max_config_bytes} bytes")
+        await asyncio.to_thread(parse_content, t, content)   # CPU-bound: off the loop
+        sha = hashlib.sha256(data).hexdigest()
+        async with self._locks[type_name]:
+            current = self.main.get(type_name)
+            if expected_main is not None and current != expected_main:
+                raise _main_moved(type_name, current, expected_main)
+            row = await self.store.fetchone(
+                "SELECT * FROM config_versions WHERE type = ? AND sha256 = ?",
+                (type_name, sha))
+            if row is not None:
+                vid = row["version_id"]
+                repaired = await asyncio.to_thread(self._repair_if_damaged, row, data)
+                if set_main:
+                    await self._set_main_locked(type_name, vid, by, current)
+                return {"type": type_name, "version_id": vid, "created": False,
+                        "repaired": repaired}
+            counter = self.counters[type_name]
+            vid = counter.next()
+            filename = f"{vid}{_EXT[t.format]}"
+            path = self.dir / filename
+            await asyncio.to_thread(write_new_file, path, data)
+            ops = [Op("INSERT INTO config_versions(version_id, type, sha256, size, filename,"
+                      " created_at, created_by, message) VALUES (?,?,?,?,?,?,?,?)",
+                      (vid, type_name, sha, len(data), filename, utcnow(), by, message)),
+                   Op(UPSERT_COUNTER, counter.row())]
+            if set_main:
+                ops.append(self._main_cas(type_name, vid, by, current))
+            try:
+                await self.store.write(*ops)
+            except PreconditionFailed:
+                path.unlink(missing_ok=True)   # rolled back: never referenced
+                raise _main_moved(type_name, None, current) from None
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            if set_main:
+                self.main[type_name] = vid
+            return {"type": type_name, "version_id": vid, "created": True, "repaired": False}
+
+    @staticmethod
+    def _main_cas(type_name: str, version_id: str, by: str, current: str | None) -> Op:
+        """Append to main's history only if main is still ``current`` (checked in the
+        commit, so no other change of main can slip in between)."""
+        return Op("INSERT INTO config_main_history(type, version_id, set_at, set_by) "
+                  "SELECT ?, ?, ?, ? WHERE (SELECT version_id FROM config_main_history "
+                  "WHERE type = ? ORDER BY id DESC LIMIT 1) IS ?",
+                  (type_name, version_id, utcnow(), by, type_name, current), 1)
+
+    async def _set_main_locked(self, type_name: str, version_id: str, by: str,
+                               current: str | None) -> None:
+        if current == version_id:
+            return
+        try:
+            await self.store.write(self._main_cas(type_name, version_id, by, current))
+        except PreconditionFailed:
+            raise _main_moved(type_name, None, current) from None
+        self.main[type_name] = version_id
 
     async def _typed_row(self, type_name: str, version_id: str) -> Any:
         """The version's row, refusing a version of another type."""
@@ -156,11 +278,8 @@ class ConfigStore:
 
     async def set_main(self, type_name: str, version_id: str, by: str) -> dict[str, Any]:
         await self._typed_row(type_name, version_id)
-        if self.main.get(type_name) != version_id:
-            await self.store.write((
-                "INSERT INTO config_main_history(type, version_id, set_at, set_by) "
-                "VALUES (?,?,?,?)", (type_name, version_id, utcnow(), by)))
-            self.main[type_name] = version_id
+        async with self._locks[type_name]:
+            await self._set_main_locked(type_name, version_id, by, self.main.get(type_name))
         return {"type": type_name, "version_id": version_id}
 
     async def show(self, version_id: str, with_content: bool = True) -> dict[str, Any]:
@@ -203,6 +322,7 @@ class ConfigStore:
                                             tb.splitlines(keepends=True), fromfile=a, tofile=b))
 
     async def verify(self) -> dict[str, Any]:
+        """Every snapshot checked; each bad one says what to do about it."""
         rows = await self.store.fetchall("SELECT * FROM config_versions ORDER BY version_id")
 
         def check() -> list[dict[str, str]]:
@@ -210,8 +330,16 @@ class ConfigStore:
             for row in rows:
                 try:
                     self.read_verified(row)
-                except (OSError, ChecksumMismatch, UnicodeDecodeError) as exc:
-                    bad.append({"version_id": row["version_id"], "error": str(exc)})
+                except SnapshotDamaged as exc:
+                    action = (f"push its original content again (labctl config push "
+                              f"{row['type']} FILE; a data file made with it holds it under "
+                              f"configs/{row['type']}) to repair it")
+                    if self.main.get(row["type"]) == row["version_id"]:
+                        action += (f"; it is main, so jobs using main fail until then, or "
+                                   f"set another main (labctl config set-main {row['type']} "
+                                   f"VERSION)")
+                    bad.append({"version_id": row["version_id"], "error": str(exc),
+                                "action": action})
             return bad
         bad = await asyncio.to_thread(check)
         return {"checked": len(rows), "ok": not bad, "bad": bad}
@@ -228,3 +356,8 @@ class ConfigStore:
     async def check_pins(self, pins: dict[str, str]) -> None:
         for name, vid in pins.items():
             await self._typed_row(name, vid)
+
+
+def _main_moved(type_name: str, current: str | None, expected: str | None) -> Conflict:
+    now = f"main is {current}, not {expected}" if current else f"main is no longer {expected}"
+    return Conflict(f"{type_name}: {now} (someone pushed meanwhile); pull and retry")

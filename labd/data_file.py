@@ -1,5 +1,6 @@
-"""One HDF5 file per job, written to a temp name and renamed, so a file under its final name
-is always complete. Layout (readers of the predecessor's files keep working):
+"""One HDF5 file per job, written to a temp name and linked to its final name (never over
+an existing file), so a file under its final name is always complete. Layout (readers of
+the predecessor's files keep working):
 
 - root attr ``config``: JSON of the full merged config (device, hw, aliases,
   data_management, expt), plus job metadata attrs (job_id, user, os_user, versions, ...)
@@ -18,6 +19,8 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 from h5py import h5a, h5d, h5f, h5g, h5p, h5s, h5t
+
+from .durable import write_new_file
 
 
 class DataError(ValueError):
@@ -46,30 +49,6 @@ def check_data(data: Any) -> dict[str, np.ndarray]:
             raise DataError(f"data key {key!r} is not a valid dataset name")
         out[key] = as_array(key, value)
     return out
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: a file under its final name is
-    always complete, and a full or read-only disk is a plain OSError."""
-    tmp = path.with_name(path.name + ".part")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class _Image:
@@ -141,9 +120,11 @@ class _Image:
         return (h5t.py_create(arr.dtype, logical=True),
                 h5s.create_simple(arr.shape) if arr.shape else self._scalar)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, replace: bool = False) -> None:
         h5f.flush(self.fid)
-        _write_atomic(path, self.fid.get_file_image())
+        # Written to <name>.part, then linked: never over another job's file (a reused ID).
+        write_new_file(path, self.fid.get_file_image(), 0o644, replace,
+                       path.with_name(path.name + ".part"))
 
 
 def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
@@ -188,7 +169,7 @@ def add_results(path: Path, results: dict[str, Any], analysis_error: str | None)
         f.attr(f.root, "analysis", "failed" if analysis_error else "done")
         if analysis_error:
             f.attr(f.root, "analysis_error", analysis_error)
-        f.save(path)
+        f.save(path, replace=True)   # this job's own raw file, now with results
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ to ``<job_id>.log`` beside its data. Readers page through it by byte offset and 
 whole lines (``\\n`` or ``\\r`` terminated), so a progress bar is never duplicated."""
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -24,7 +25,11 @@ class JobLog:
         self.max_bytes = max_bytes
         self.size = 0
         self.truncated = False
-        self._fh = open(path, "ab", buffering=0)
+        try:  # a new file: a job ID reused after a lost database must not add to another's log
+            self._fh = open(path, "xb", buffering=0)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "a log for this job ID already exists; labd "
+                                  "never writes into another job's files", str(path)) from None
         self._on_text = on_text
 
     def write(self, text: str) -> None:
@@ -131,9 +136,14 @@ class _JobLogHandler(logging.Handler):
 def read_log(path: Path, offset: int, max_bytes: int, final: bool) -> tuple[str, int]:
     """Text from ``offset`` ending at a line end (unless the log is final), and the offset to
     continue from. A single line longer than ``max_bytes`` is returned in pieces cut at a
-    UTF-8 character boundary."""
+    UTF-8 character boundary. An offset past the end (even beyond what a file offset can
+    hold) just has nothing to read yet."""
+    if offset < 0:
+        raise ValueError("log offset must be >= 0")
     try:
         with open(path, "rb") as fh:
+            if offset >= os.fstat(fh.fileno()).st_size:
+                return "", offset
             fh.seek(offset)
             data = fh.read(max_bytes)
     except FileNotFoundError:

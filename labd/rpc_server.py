@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import socket
+import stat
 from typing import Any, Awaitable, Callable
 
 from jsonrpcserver import async_dispatch
@@ -20,6 +21,10 @@ from .identity import AdminPolicy, Peer
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT_PER_CONNECTION = 64
+LISTEN_BACKLOG = 1024
+# A reply (or a batch's replies together) above this becomes a LimitExceeded error: one
+# small request must not make the daemon build and queue hundreds of megabytes.
+DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
 
 
 def _error_frame(code: int, message: str) -> bytes:
@@ -107,8 +112,10 @@ class RpcServer:
     def __init__(self, methods: dict[str, Callable[..., Awaitable[Any]]],
                  policy: AdminPolicy, make_context: Callable[[Connection], Any],
                  max_frame_bytes: int, max_connections: int,
-                 on_disconnect: Callable[[Connection], None]) -> None:
+                 on_disconnect: Callable[[Connection], None],
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
         self.methods = methods
+        self.max_reply = max_reply_bytes
         self.policy = policy
         self.make_context = make_context
         self.max_frame = max_frame_bytes
@@ -119,8 +126,10 @@ class RpcServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, sock: socket.socket) -> None:
+        # asyncio listens again on a passed socket, with its own default backlog (100)
+        # unless told: 500 clients connecting at once would then see resets.
         self._server = await asyncio.start_unix_server(
-            self._handle, sock=sock, limit=self.max_frame + 1)
+            self._handle, sock=sock, limit=self.max_frame + 1, backlog=LISTEN_BACKLOG)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -146,6 +155,7 @@ class RpcServer:
                                       "try again"))
             writer.close()
             return
+        # What a client that does not read may hold: this much queued, plus one reply.
         conn = Connection(peer, writer, max_queue=16 * self.max_frame)
         self.connections.add(conn)
         ctx = self.make_context(conn)
@@ -186,7 +196,8 @@ class RpcServer:
                 return
             reply = await async_dispatch(text, methods=self.methods, context=ctx,
                                          deserializer=_deserialize,
-                                         validator=validate_request, serializer=frame)
+                                         validator=validate_request,
+                                         serializer=self._capped_frame)
             if reply:
                 conn.send(reply)
         except asyncio.CancelledError:
@@ -198,13 +209,45 @@ class RpcServer:
             inflight.release()
 
 
+    def _capped_frame(self, response: Any) -> bytes:
+        """The reply frame, with any reply that would take the whole (or a batch's total)
+        above ``max_reply`` replaced by a LimitExceeded error telling what to do."""
+        if not isinstance(response, list):
+            return self._capped_one(response, self.max_reply, "")
+        parts, used = [], 2
+        for item in response:
+            part = self._capped_one(item, self.max_reply - used,
+                                    " (for the batch's replies together: send fewer calls"
+                                    " per batch)")
+            used += len(part)
+            parts.append(part[:-1])   # without its newline
+        return b"[" + b",".join(parts) + b"]\n"
+
+    def _capped_one(self, item: dict[str, Any], room: int, why: str) -> bytes:
+        data = frame(item)
+        if len(data) <= room:
+            return data
+        return frame({"jsonrpc": "2.0", "id": item.get("id"), "error": {
+            "code": LimitExceeded.code,
+            "message": f"reply of {len(data)} bytes is over labd's limit of "
+                       f"{self.max_reply} bytes{why}; ask for less: a smaller limit, a "
+                       f"narrower filter, or page with cursor/offset"}})
+
+
 def bind_socket(path: os.PathLike, mode: int, group: str | None) -> socket.socket:
     """Bind the daemon's own socket (when systemd did not hand us one)."""
     import grp
     from pathlib import Path
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    if p.is_socket() or p.exists():
+    try:
+        existing = p.lstat().st_mode
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISSOCK(existing):
+        raise RuntimeError(f"{p} exists and is not a socket; labd will not delete it: "
+                           f"move it away or set another socket_path")
+    if existing is not None:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(p))
@@ -222,7 +265,7 @@ def bind_socket(path: os.PathLike, mode: int, group: str | None) -> socket.socke
     if group is not None:
         os.chown(p, -1, grp.getgrnam(group).gr_gid)
     os.chmod(p, mode)
-    sock.listen(1024)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 

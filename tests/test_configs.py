@@ -119,6 +119,23 @@ def test_verify_detects_tampering_and_jobs_refuse_it(make_daemon):
         assert job.status == "failed" and "does not match its stored SHA256" in \
             job.error_message
         assert job.config_versions["floquet_storage_swap"] == main
+        r = d.rpc("config.pull", type="floquet_storage_swap")   # a clear error, not internal
+        assert r["error"]["code"] == -32005 and "push the same content again" in \
+            r["error"]["message"]
+        assert "push its original content again" in c.config_verify()["bad"][0]["action"]
+
+
+def test_pushing_matching_content_repairs_a_damaged_snapshot(make_daemon):
+    d = make_daemon()
+    with Client(d.socket) as c:
+        good = c.config_pull("floquet_storage_swap")
+        snap = d.state_dir / "configs" / f"{good['version_id']}.csv"
+        snap.unlink()
+        assert c.wait(c.submit(*NOOP), timeout=30).status == "failed"
+        again = c.config_push("floquet_storage_swap", good["content"])
+        assert again["version_id"] == good["version_id"] and again["repaired"]
+        assert c.config_verify()["ok"]
+        assert c.wait(c.submit(*NOOP), timeout=30).status == "completed"
 
 
 def test_output_root_is_a_daemon_setting(make_daemon, tmp_path):

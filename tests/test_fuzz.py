@@ -255,10 +255,55 @@ def test_random_params_never_cause_internal_errors(paused_daemon, method, params
     req = {"jsonrpc": "2.0", "method": method, "id": 42}
     if params is not None:
         req["params"] = params
-    reply = paused_daemon.rpc(method, **params) if isinstance(params, dict) else \
-        Conn(paused_daemon.socket).exchange(json.dumps(req).encode())
+    conn = Conn(paused_daemon.socket)   # raw: any params, even a key named "method"
+    try:
+        reply = conn.exchange(json.dumps(req).encode())
+    finally:
+        conn.s.close()
     assert reply is not None
     if "error" in reply:
         assert reply["error"]["code"] in STANDARD_CODES, (method, params, reply)
     else:
         assert "result" in reply
+
+
+EXTREMES = [
+    ("history", {"since": "0001-01-01T00:00:00+00:00"}),
+    ("history", {"since": "0001-01-01T00:00:00+14:00"}),
+    ("history", {"since": "9999-12-31T23:59:59+00:00"}),
+    ("history", {"since": "9999-12-31T23:59:59-14:00"}),
+    ("history", {"cursor": 2**70}),
+    ("history", {"cursor": 2**63}),
+    ("logs", {"job_id": "JOB-20261124-00001", "offset": 2**64}),
+    ("logs", {"job_id": "JOB-20261124-00001", "offset": 2**63}),
+    ("submit", {"experiment_class": "NoOpExperiment",
+                "experiment_module": "experiments.diagnostics.noop",
+                "not_before": "0001-01-01T00:00:00+14:00"}),
+    ("submit", {"experiment_class": "NoOpExperiment",
+                "experiment_module": "experiments.diagnostics.noop",
+                "not_before": "9999-12-31T23:59:59-14:00"}),
+    ("submit", {"experiment_class": "NoOpExperiment",
+                "experiment_module": "experiments.diagnostics.noop",
+                "not_before": "9999-12-31T23:59:59+00:00"}),
+]
+
+
+@pytest.mark.parametrize("method, params", EXTREMES, ids=lambda v: str(v)[:40])
+def test_extreme_values_are_invalid_params_or_answered(paused_daemon, method, params):
+    """Dates at the ends of the calendar and integers beyond 64 bits are either answered or
+    refused as invalid params; never an internal error."""
+    if method == "logs":   # a real job, with a real (short) log
+        job = paused_daemon.rpc("submit", experiment_class="NoOpExperiment",
+                                experiment_module="experiments.diagnostics.noop")
+        params = {**params, "job_id": job["result"]["job_id"]}
+    reply = paused_daemon.rpc(method, **params)
+    assert "result" in reply or reply["error"]["code"] == -32602, reply
+    assert paused_daemon.rpc("health")["result"]["status"] in ("ok", "paused")
+
+
+@pytest.mark.parametrize("offset", [2**63 - 1, 2**63, 2**64, 2**70])
+def test_read_log_past_any_file_offset_is_just_nothing_yet(tmp_path, offset):
+    from labd.job_log import read_log
+    log = tmp_path / "JOB-20261124-00001.log"
+    log.write_text("line\n")
+    assert read_log(log, offset, 1024, final=True) == ("", offset)
