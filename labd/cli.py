@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"labd: cannot start: {exc}", file=sys.stderr)
         return exc.exit_code
-    _use_packaged_examples()
     from .daemon import Daemon
     try:
         asyncio.run(Daemon(settings).run())
@@ -51,14 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.shutdown()
         os._exit(EXIT_FAILED)
     return 0
-
-
-def _use_packaged_examples() -> None:
-    """The first-start example configs are package data (labd/defaults), so a wheel
-    installed anywhere finds them. TODO(integrator): once config_store.EXAMPLES_DIR is
-    ``defaults.DIR``, delete this function."""
-    from . import config_store, defaults
-    config_store.EXAMPLES_DIR = defaults.DIR
 
 
 if __name__ == "__main__":

@@ -14,13 +14,14 @@ from typing import Any
 import yaml
 
 from .durable import write_new_file
+from . import defaults
 from .errors import Conflict, InvalidParams, NotFound, Unavailable
 from .ids import DailyCounter, floor_from_files, later
 from .models import utcnow
 from .settings import ConfigType, Settings
 from .store import UPSERT_COUNTER, Op, PreconditionFailed, Store
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "configs"
+EXAMPLES_DIR = defaults.DIR  # first-start example configs: package data
 _EXT = {"yaml": ".yml", "csv": ".csv"}
 
 

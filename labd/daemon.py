@@ -71,7 +71,8 @@ class Daemon:
             sock = bind_socket(s.socket_path, s.socket_mode, s.socket_group)
         self.server = RpcServer(load_methods(), AdminPolicy(s.admin_group, s.admin_users),
                                 lambda conn: Call(self.app, conn), s.max_frame_bytes,
-                                s.max_connections, self.events.unsubscribe)
+                                s.max_connections, self.events.unsubscribe,
+                                max_reply_bytes=s.max_reply_bytes)
         await self.server.start(sock)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

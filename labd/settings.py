@@ -99,6 +99,7 @@ class Settings(BaseModel):
     max_batch: int = Field(10_000, ge=1)
     max_pending_per_user: int = Field(50_000, ge=1)
     max_log_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
     max_connections: int = Field(4096, ge=8)
 
     @model_validator(mode="after")

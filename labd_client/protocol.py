@@ -11,6 +11,7 @@ import json
 from enum import StrEnum
 from typing import Any, Iterator
 
+import jsonrpcclient
 import orjson
 from pydantic import BaseModel
 
@@ -158,8 +159,7 @@ class Conversation:
 
     def request(self, method: str, params: dict[str, Any]) -> tuple[int, bytes]:
         req_id = next(self._ids)
-        return req_id, frame({"jsonrpc": "2.0", "method": method, "params": params,
-                              "id": req_id})
+        return req_id, frame(jsonrpcclient.request(method, params=params, id=req_id))
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
         """The complete messages in what has arrived so far."""
@@ -177,11 +177,13 @@ def is_event(msg: dict[str, Any]) -> bool:
 
 def result_of(msg: dict[str, Any]) -> Any:
     """A response's result, or its error raised as the typed exception."""
-    if "error" in msg:
-        err = msg["error"]
-        raise from_response(err.get("code", INTERNAL_ERROR), err.get("message", "error"),
-                            err.get("data"))
-    return msg.get("result")
+    try:
+        response = jsonrpcclient.parse(msg)
+    except (KeyError, TypeError):
+        raise from_response(INTERNAL_ERROR, "malformed reply from labd") from None
+    if isinstance(response, jsonrpcclient.Error):
+        raise from_response(response.code, response.message, response.data)
+    return response.result
 
 
 def clean(**kw: Any) -> dict[str, Any]:

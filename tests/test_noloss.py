@@ -242,8 +242,6 @@ def test_a_lost_database_never_touches_an_existing_data_file_or_log(make_daemon)
     assert {p: p.read_bytes() for p in files} == files
 
 
-@pytest.mark.xfail(strict=True, reason="needs the scheduler to floor its JOB counter with "
-                   "labd.ids.floor_from_files (integrator: see the noloss report)")
 def test_a_lost_database_gives_new_jobs_fresh_ids(make_daemon):
     old, new, _ = _lose_database_and_run_a_job(make_daemon)
     assert new.job_id != old.job_id and new.status == "completed"

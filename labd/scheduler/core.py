@@ -16,6 +16,7 @@ from ..errors import Conflict, LimitExceeded, NotFound, PermissionDenied, Unavai
 from ..events import EventBus
 from ..executor import Executor, Outcome
 from ..identity import Peer
+from .. import ids
 from ..ids import DailyCounter
 from ..models import Job, JobStatus, utcnow
 from ..pending_queue import PendingJob, PendingQueue, untrack
@@ -59,7 +60,10 @@ class Scheduler:
     async def start(self, counters: dict[str, tuple[str, int]]) -> list[str]:
         """Recover after a crash, reload pending jobs in submit order, start dispatching.
         Returns the jobs that were running when the daemon died."""
-        day, last = counters.get("JOB", (None, 0))
+        # never below what the data directory already holds (a lost or recreated database
+        # must not hand out an ID, and so a data file name, a second time)
+        day, last = ids.later(counters.get("JOB", (None, 0)), await asyncio.to_thread(
+            ids.floor_from_files, "JOB", self.settings.output_root))
         self.job_ids = DailyCounter("JOB", day, last)
         interrupted = await self.store.running_job_ids()
         for job_id in interrupted:  # never re-run silently: `labctl rerun` does, on request
