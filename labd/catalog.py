@@ -13,7 +13,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from .errors import InvalidParams
+from labd_client.protocol import InvalidParams
 from .experiment_loader import ExperimentLoader
 
 

@@ -13,13 +13,12 @@ from typing import Any
 
 import yaml
 
-from .durable import write_new_file
 from . import defaults
-from .errors import Conflict, InvalidParams, NotFound, Unavailable
+from .durable import write_new_file
+from labd_client.protocol import Conflict, InvalidParams, NotFound, Unavailable
 from .ids import DailyCounter, floor_from_files, later
-from .models import utcnow
 from .settings import ConfigType, Settings
-from .store import UPSERT_COUNTER, Op, PreconditionFailed, Store
+from .store import PreconditionFailed, Store
 
 EXAMPLES_DIR = defaults.DIR  # first-start example configs: package data
 _EXT = {"yaml": ".yml", "csv": ".csv"}
@@ -134,10 +133,7 @@ class ConfigStore:
             on_disk = await asyncio.to_thread(floor_from_files, prefix, self.dir)
             day, last = later(counters.get(prefix, (None, 0)), on_disk)
             self.counters[t.name] = DailyCounter(prefix, day, last)
-        rows = await self.store.fetchall(
-            "SELECT type, version_id FROM config_main_history WHERE id IN "
-            "(SELECT max(id) FROM config_main_history GROUP BY type)")
-        self.main = {r["type"]: r["version_id"] for r in rows}
+        self.main = await self.store.config_mains()
         for t in self.types.values():  # first start: the shipped examples become main
             example = EXAMPLES_DIR / f"{t.name}{_EXT[t.format]}"
             if t.name not in self.main and example.is_file():
@@ -157,8 +153,7 @@ class ConfigStore:
     async def _row(self, version_id: str) -> Any:
         row = self._rows.get(version_id)
         if row is None:
-            row = await self.store.fetchone(
-                "SELECT * FROM config_versions WHERE version_id = ?", (version_id,))
+            row = await self.store.config_version(version_id)
             if row is None:
                 raise NotFound(f"config version {version_id} does not exist")
             self._rows[version_id] = row
@@ -217,9 +212,7 @@ class ConfigStore:
             current = self.main.get(type_name)
             if expected_main is not None and current != expected_main:
                 raise _main_moved(type_name, current, expected_main)
-            row = await self.store.fetchone(
-                "SELECT * FROM config_versions WHERE type = ? AND sha256 = ?",
-                (type_name, sha))
+            row = await self.store.config_version_by_hash(type_name, sha)
             if row is not None:
                 vid = row["version_id"]
                 repaired = await asyncio.to_thread(self._repair_if_damaged, row, data)
@@ -232,12 +225,11 @@ class ConfigStore:
             filename = f"{vid}{_EXT[t.format]}"
             path = self.dir / filename
             await asyncio.to_thread(write_new_file, path, data)
-            ops = [Op("INSERT INTO config_versions(version_id, type, sha256, size, filename,"
-                      " created_at, created_by, message) VALUES (?,?,?,?,?,?,?,?)",
-                      (vid, type_name, sha, len(data), filename, utcnow(), by, message)),
-                   Op(UPSERT_COUNTER, counter.row())]
+            ops = [Store.insert_config_version(vid, type_name, sha, len(data), filename, by,
+                                               message),
+                   Store.counter(counter.row())]
             if set_main:
-                ops.append(self._main_cas(type_name, vid, by, current))
+                ops.append(Store.set_config_main(type_name, vid, by, current))
             try:
                 await self.store.write(*ops)
             except PreconditionFailed:
@@ -250,21 +242,12 @@ class ConfigStore:
                 self.main[type_name] = vid
             return {"type": type_name, "version_id": vid, "created": True, "repaired": False}
 
-    @staticmethod
-    def _main_cas(type_name: str, version_id: str, by: str, current: str | None) -> Op:
-        """Append to main's history only if main is still ``current`` (checked in the
-        commit, so no other change of main can slip in between)."""
-        return Op("INSERT INTO config_main_history(type, version_id, set_at, set_by) "
-                  "SELECT ?, ?, ?, ? WHERE (SELECT version_id FROM config_main_history "
-                  "WHERE type = ? ORDER BY id DESC LIMIT 1) IS ?",
-                  (type_name, version_id, utcnow(), by, type_name, current), 1)
-
     async def _set_main_locked(self, type_name: str, version_id: str, by: str,
                                current: str | None) -> None:
         if current == version_id:
             return
         try:
-            await self.store.write(self._main_cas(type_name, version_id, by, current))
+            await self.store.write(Store.set_config_main(type_name, version_id, by, current))
         except PreconditionFailed:
             raise _main_moved(type_name, None, current) from None
         self.main[type_name] = version_id
@@ -301,18 +284,13 @@ class ConfigStore:
 
     async def versions(self, type_name: str, limit: int) -> list[dict[str, Any]]:
         self.ctype(type_name)
-        rows = await self.store.fetchall(
-            "SELECT version_id, sha256, size, created_at, created_by, message "
-            "FROM config_versions WHERE type = ? ORDER BY created_at DESC, version_id DESC "
-            "LIMIT ?", (type_name, limit))
+        rows = await self.store.config_versions(type_name, limit)
         main = self.main.get(type_name)
         return [{**dict(r), "is_main": r["version_id"] == main} for r in rows]
 
     async def main_history(self, type_name: str, limit: int) -> list[dict[str, Any]]:
         self.ctype(type_name)
-        rows = await self.store.fetchall(
-            "SELECT version_id, set_at, set_by FROM config_main_history WHERE type = ? "
-            "ORDER BY id DESC LIMIT ?", (type_name, limit))
+        rows = await self.store.config_main_history(type_name, limit)
         return [dict(r) for r in rows]
 
     async def diff(self, a: str, b: str) -> str:
@@ -324,7 +302,7 @@ class ConfigStore:
 
     async def verify(self) -> dict[str, Any]:
         """Every snapshot checked; each bad one says what to do about it."""
-        rows = await self.store.fetchall("SELECT * FROM config_versions ORDER BY version_id")
+        rows = await self.store.config_versions(None, None)
 
         def check() -> list[dict[str, str]]:
             bad = []

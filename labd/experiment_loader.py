@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import InvalidParams
+from labd_client.protocol import InvalidParams
 from .provenance import GitRevision, PackageHasher
 
 log = logging.getLogger(__name__)

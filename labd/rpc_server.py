@@ -14,8 +14,8 @@ from typing import Any, Awaitable, Callable
 
 from jsonrpcserver import async_dispatch
 
-from .errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, LimitExceeded
-from .frames import frame
+from labd_client.protocol import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, LimitExceeded
+from labd_client.protocol import frame
 from .identity import AdminPolicy, Peer
 
 log = logging.getLogger(__name__)

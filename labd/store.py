@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Sequence
 import aiosqlite
 
 from .migrations import migrate
-from .models import Job
+from .models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class Store:
     # ---- job writes (ops, so callers can share a commit) ----------------------------
     @staticmethod
     def insert_jobs(jobs: list[dict[str, Any]], counter_row: tuple) -> list[Op]:
-        return [*(Op(INSERT_JOB, job_row(j)) for j in jobs), Op(UPSERT_COUNTER, counter_row)]
+        return [*(Op(INSERT_JOB, job_row(j)) for j in jobs), Store.counter(counter_row)]
 
     @staticmethod
     def claim(job_id: str, started_at: str, versions: dict[str, str], log_path: str) -> Op:
@@ -337,6 +337,58 @@ class Store:
     def set_state(key: str, value: str) -> Op:
         return Op("INSERT INTO daemon_state(key, value) VALUES (?, ?) ON CONFLICT(key) "
                   "DO UPDATE SET value = excluded.value", (key, value))
+
+    # ---- config versions ---------------------------------------------------------
+    async def config_mains(self) -> dict[str, str]:
+        """The current main version of each config type."""
+        rows = await self.fetchall(
+            "SELECT type, version_id FROM config_main_history WHERE id IN "
+            "(SELECT max(id) FROM config_main_history GROUP BY type)")
+        return {r["type"]: r["version_id"] for r in rows}
+
+    async def config_version(self, version_id: str) -> aiosqlite.Row | None:
+        return await self.fetchone("SELECT * FROM config_versions WHERE version_id = ?",
+                                   (version_id,))
+
+    async def config_version_by_hash(self, type_name: str, sha256: str) -> aiosqlite.Row | None:
+        return await self.fetchone("SELECT * FROM config_versions WHERE type = ? AND "
+                                   "sha256 = ?", (type_name, sha256))
+
+    async def config_versions(self, type_name: str | None,
+                              limit: int | None) -> list[aiosqlite.Row]:
+        """Versions of a type, newest first (all versions of all types if None)."""
+        if type_name is None:
+            return await self.fetchall("SELECT * FROM config_versions ORDER BY version_id")
+        return await self.fetchall(
+            "SELECT version_id, sha256, size, created_at, created_by, message "
+            "FROM config_versions WHERE type = ? ORDER BY created_at DESC, version_id DESC "
+            "LIMIT ?", (type_name, limit))
+
+    async def config_main_history(self, type_name: str, limit: int) -> list[aiosqlite.Row]:
+        return await self.fetchall(
+            "SELECT version_id, set_at, set_by FROM config_main_history WHERE type = ? "
+            "ORDER BY id DESC LIMIT ?", (type_name, limit))
+
+    @staticmethod
+    def insert_config_version(version_id: str, type_name: str, sha256: str, size: int,
+                              filename: str, by: str, message: str | None) -> Op:
+        return Op("INSERT INTO config_versions(version_id, type, sha256, size, filename,"
+                  " created_at, created_by, message) VALUES (?,?,?,?,?,?,?,?)",
+                  (version_id, type_name, sha256, size, filename, utcnow(), by, message))
+
+    @staticmethod
+    def set_config_main(type_name: str, version_id: str, by: str,
+                        current: str | None) -> Op:
+        """Append to main's history only if main is still ``current`` (compare-and-set in
+        the commit, so no other change of main can slip in between)."""
+        return Op("INSERT INTO config_main_history(type, version_id, set_at, set_by) "
+                  "SELECT ?, ?, ?, ? WHERE (SELECT version_id FROM config_main_history "
+                  "WHERE type = ? ORDER BY id DESC LIMIT 1) IS ?",
+                  (type_name, version_id, utcnow(), by, type_name, current), 1)
+
+    @staticmethod
+    def counter(row: tuple) -> Op:
+        return Op(UPSERT_COUNTER, row)
 
     async def running_job_ids(self) -> list[str]:
         rows = await self.fetchall("SELECT job_id FROM jobs WHERE status = 'running'")

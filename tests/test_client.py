@@ -91,7 +91,12 @@ def test_ctrl_c_leaves_nothing_running(daemon, client, mode):
             until(lambda: _health(daemon)["waits"] == 1, what="the wait to reach labd")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=5)
-        assert "INTERRUPTED connected=False subscription=None" in out, err
+        if mode == "follow_logs" and "connected=True" in out:
+            # Ctrl-C landed between reads (while the loop body printed): the generator's
+            # cleanup then unsubscribed on a healthy connection, which may stay open
+            assert "INTERRUPTED connected=True subscription=None" in out, err
+        else:  # interrupted inside a call: the connection is dropped with it
+            assert "INTERRUPTED connected=False subscription=None" in out, err
         until(lambda: _health(daemon)["waits"] == 0, what="the server-side wait to end")
     finally:
         client.cancel(job_id)

@@ -9,7 +9,7 @@ import pytest
 from sched_harness import GatedStore
 
 from labd.config_store import ConfigStore
-from labd.errors import Conflict
+from labd_client.protocol import Conflict
 from labd.settings import Settings
 
 HW = "hardware_config"

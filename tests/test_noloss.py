@@ -18,7 +18,7 @@ import pytest
 import labd.ids
 from labd.config_store import ConfigStore
 from labd.data_file import add_results, write_raw
-from labd.errors import InvalidParams, Unavailable
+from labd_client.protocol import InvalidParams, Unavailable
 from labd.ids import DailyCounter
 from labd.settings import Settings
 from labd.store import Store

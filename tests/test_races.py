@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from labd.errors import Conflict
+from labd_client.protocol import Conflict
 from labd.scheduler.states import EndReason, RunPhase
 from sched_harness import ALICE, ROOT, Harness
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from jsonrpcserver import Error, Success
 from pydantic import BaseModel, ValidationError
 
-from ..errors import INTERNAL_ERROR, InvalidParams, LabdError
+from labd_client.protocol import INTERNAL_ERROR, InvalidParams, LabdError
 from ..experiment_loader import describe_validation
 from .params import NoParams
 

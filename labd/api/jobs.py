@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import Conflict, InvalidParams, LabdError
+from labd_client.protocol import Conflict, InvalidParams, LabdError
 from ..job_log import read_log
 from ..scheduler import policy
 from ..store import row_to_job

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from .. import __version__
-from ..errors import InvalidParams
+from labd_client.protocol import InvalidParams
 from ..models import utcnow
 from ..scheduler.admission import describe_wait
 from . import Call, rpc

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from ..config_store import ConfigStore
-from ..errors import Conflict, LimitExceeded, NotFound, PermissionDenied, Unavailable
+from labd_client.protocol import Conflict, LimitExceeded, NotFound, PermissionDenied, Unavailable
 from ..events import EventBus
 from ..executor import Executor, Outcome
 from ..identity import Peer

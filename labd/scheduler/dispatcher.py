@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LabdError
+from labd_client.protocol import LabdError
 from ..executor import JobContext, JobSpec, Outcome
 from ..models import utcnow
 from ..pending_queue import PendingJob

@@ -2,7 +2,7 @@
 ``peer.is_admin`` is rechecked by the identity layer on each use."""
 from __future__ import annotations
 
-from ..errors import InvalidParams, PermissionDenied
+from labd_client.protocol import InvalidParams, PermissionDenied
 from ..identity import Peer
 from ..settings import Settings
 
