@@ -182,7 +182,11 @@ class ConfigStore:
             self.read_verified(row)
             return False
         except SnapshotDamaged:
-            write_new_file(self._path(row), data, replace=True)
+            try:
+                write_new_file(self._path(row), data, replace=True)
+            except OSError as exc:
+                raise Unavailable(f"{row['version_id']} is damaged and could not be "
+                                  f"repaired: {exc.strerror or exc}") from None
             return True
 
     async def snapshot(self, type_name: str, content: str, by: str,
@@ -224,7 +228,11 @@ class ConfigStore:
             vid = counter.next()
             filename = f"{vid}{_EXT[t.format]}"
             path = self.dir / filename
-            await asyncio.to_thread(write_new_file, path, data)
+            try:
+                await asyncio.to_thread(write_new_file, path, data)
+            except OSError as exc:  # a full or read-only state disk: say so, keep running
+                raise Unavailable(f"{type_name}: could not write the snapshot {path}: "
+                                  f"{exc.strerror or exc}") from None
             ops = [Store.insert_config_version(vid, type_name, sha, len(data), filename, by,
                                                message),
                    Store.counter(counter.row())]

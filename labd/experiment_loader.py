@@ -293,6 +293,7 @@ def describe_validation(exc: Any) -> str:
     parts = []
     for err in exc.errors()[:10]:
         loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-        parts.append(f"{loc}: {err.get('msg')}")
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")  # our own sentences
+        parts.append(f"{loc}: {msg}")
     more = exc.error_count() - 10
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

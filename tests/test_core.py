@@ -330,3 +330,10 @@ def test_numpy_values_from_a_notebook_are_sent_as_numbers(client):
     assert job.is_successful() and job.experiment_config == {"value": 2.5}
     with h5py.File(job.data_file_path) as f:
         assert f["avgi"][0] == 2.5
+
+
+def test_a_bad_job_id_is_explained_in_the_users_terms(client):
+    """#10: no raw regex in the message for a mistyped job ID."""
+    with pytest.raises(InvalidParams) as err:
+        client.get("JOB-1")
+    assert err.value.message == "get: job_id: 'JOB-1' is not a job ID like JOB-20260101-00001"

@@ -171,3 +171,18 @@ def test_state_disk_full_refuses_clearly_retries_outcomes_and_recovers(make_daem
         assert job.status == "cancelled" and job.phase is None
         assert c.health()["status"] == "paused"
         c.submit_batch(batch)
+
+
+def test_config_push_on_a_full_state_disk_is_refused_clearly(make_daemon, tiny_fs, tmp_path):
+    """#15: a push that cannot be written says the disk is full (it answered an internal
+    error) and leaves no temp file; once there is room it works."""
+    d = make_daemon(state_dir=str(tiny_fs / "state"), output_root=str(tmp_path / "data"))
+    content = "a: 1\n# " + "x" * 20_000 + "\n"
+    with Client(d.socket) as c:
+        filler = fill(tiny_fs)
+        with pytest.raises(Unavailable, match="No space left on device"):
+            c.config_push("multiphoton_config", content)
+        assert not list((tiny_fs / "state").rglob("*.part"))
+        filler.unlink()
+        assert c.config_push("multiphoton_config", content)["created"]
+        assert c.health()["status"] == "ok"

@@ -69,3 +69,25 @@ def test_stuck_experiment_is_interrupted_then_next_job_runs(make_daemon):
         assert "time limit exceeded" in job.error_message
         assert "ignored the stop request and was interrupted" in job.error_message
         assert c.wait(nxt, timeout=20).status == "completed"
+
+
+def test_sigterm_with_a_job_stuck_in_c_records_it_and_exits(make_daemon):
+    """#15: a job stuck in a C call at SIGTERM: its outcome is recorded and labd exits
+    (the stuck thread is abandoned) instead of waiting for systemd to kill it."""
+    d = make_daemon(stop_grace_s=0.5)
+    with Client(d.socket) as c:
+        job_id = c.submit("StuckInC", "labtest_experiments.faults", {"seconds": 120})
+        _wait_status(c, job_id, "running")
+        deadline = time.monotonic() + 20
+        while "busy" not in (c.health()["executor"] or ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    t0 = time.monotonic()
+    assert d.terminate(timeout=60) == 0
+    assert time.monotonic() - t0 < 10
+    d.start()
+    with Client(d.socket) as c:
+        job = c.get(job_id)
+        assert (job.status, job.end_reason) == ("failed", "stuck")
+        assert job.error_message.startswith("interrupted: daemon shut down during run; the "
+                                            "experiment is stuck")
