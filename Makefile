@@ -19,3 +19,4 @@ test: install
 
 bench: install          ## prints JSON numbers; results and their reading: benchmarks/RESULTS.md
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_board.py
