@@ -209,19 +209,13 @@ class Scheduler:
         if not self._is_pending(pj):
             return
         self._leave_pending(pj, RunPhase.FINISHING)
-        if retry:
-            if await self.states.ended(pj.job_id, reason, message):
-                self._ended(pj.job_id, reason.status)
-            return
         try:
-            await self.store.write(Store.end(pj.job_id, reason.status.value, reason.value,
-                                             utcnow(), message))
+            recorded = await self.states.ended(pj.job_id, reason, message, retry=retry)
         except StoreError as exc:
             self.requeue(pj)
             raise Unavailable(f"{pj.job_id} was not cancelled: {exc}") from None
-        self.states.publish(pj.job_id, reason.status, end_reason=reason.value,
-                            error_message=message)
-        self._ended(pj.job_id, reason.status)
+        if recorded:
+            self._ended(pj.job_id, reason.status)
 
     # ---- used by the dispatcher ---------------------------------------------------
     def take_next(self) -> PendingJob:

@@ -80,10 +80,12 @@ class Transitions:
         self.publish(job_id, JobStatus.RUNNING, phase=RunPhase.RUNNING.value, **extra)
 
     async def ended(self, job_id: str, reason: EndReason, message: str | None,
-                    finished_at: str | None = None, **fields: Any) -> bool:
+                    finished_at: str | None = None, retry: bool = True,
+                    **fields: Any) -> bool:
         """-> terminal. Retries a failing write with backoff until it is stored (or the
         daemon gives up at shutdown: the next start then records it as interrupted).
-        Returns whether it was recorded."""
+        Returns whether it was recorded. Without ``retry`` (a request its caller waits
+        for, e.g. a cancel) a failing write raises StoreError at once."""
         finished_at = finished_at or utcnow()
         op = Store.end(job_id, reason.status.value, reason.value, finished_at, message,
                        **fields)
@@ -93,10 +95,14 @@ class Transitions:
                 await self.store.write(op)
                 break
             except PreconditionFailed:
+                if not retry:
+                    raise
                 log.error("%s was already final; outcome %s not recorded", job_id, reason)
                 self.unrecorded.pop(job_id, None)
                 return False
             except StoreError as exc:
+                if not retry:
+                    raise
                 self.unrecorded[job_id] = (reason, str(exc))
                 if self.giving_up:
                     log.error("outcome of %s not recorded at shutdown: %s", job_id, exc)
