@@ -72,6 +72,11 @@ class Experiment:
         self.ctx = ctx
         self.cfg = cfg
 
+    def prepare(self) -> None:
+        """Build and compile the programs. labd runs this while the job before still
+        acquires, so the board never waits for a compiler; no hardware calls here (only
+        ``ctx.board.soccfg``). ``acquire`` then just runs what was built."""
+
     # hooks around a job (e.g. park an instrument); both run even when acquire fails
     def before_job(self) -> None: ...
     def after_job(self) -> None: ...

@@ -8,8 +8,9 @@ import csv
 import difflib
 import hashlib
 import io
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncContextManager, Callable
 
 import yaml
 
@@ -124,6 +125,9 @@ class ConfigStore:
         # One change of versions or main per type at a time: two pushes of identical
         # content must not both create it. The compare-and-set of main is in SQL anyway.
         self._locks = {name: asyncio.Lock() for name in self.types}
+        # held around every commit that changes a main version: the scheduler sets it so
+        # that no job starts on a main that is being replaced (see Dispatcher.main_changing)
+        self.main_guard: Callable[[str], AsyncContextManager[Any]] = lambda _t: nullcontext()
 
     async def open(self, counters: dict[str, tuple[str, int]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +243,8 @@ class ConfigStore:
             if set_main:
                 ops.append(Store.set_config_main(type_name, vid, by, current))
             try:
-                await self.store.write(*ops)
+                async with self.main_guard(type_name) if set_main else nullcontext():
+                    await self.store.write(*ops)
             except PreconditionFailed:
                 path.unlink(missing_ok=True)   # rolled back: never referenced
                 raise _main_moved(type_name, None, current) from None
@@ -255,7 +260,9 @@ class ConfigStore:
         if current == version_id:
             return
         try:
-            await self.store.write(Store.set_config_main(type_name, version_id, by, current))
+            async with self.main_guard(type_name):
+                await self.store.write(Store.set_config_main(type_name, version_id, by,
+                                                             current))
         except PreconditionFailed:
             raise _main_moved(type_name, None, current) from None
         self.main[type_name] = version_id

@@ -79,7 +79,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         log.info("labd %s ready on %s (%s hardware, %d experiment modules, %d pending)",
                  __version__, sock.getsockname() or s.socket_path, s.hardware, n,
-                 len(self.scheduler.queue))
+                 self.scheduler.runnable_count)
         self.notifier.send(ready=1, status=self.status_line())
         watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_s else None
         await self._stop.wait()
@@ -106,7 +106,7 @@ class Daemon:
         extra = " PAUSED" if sched.paused else ""
         if sched.dispatcher.stuck_since is not None:
             extra += " EXECUTOR STUCK"
-        return f"{job}; {len(sched.queue)} pending{extra}"
+        return f"{job}; {sched.runnable_count} pending{extra}"
 
     def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("type") == "job" and event.get("status") != "pending":

@@ -1,9 +1,11 @@
-"""The board thread, then the save and analysis threads. The board thread owns the hardware
-only while a job acquires: load the experiment (allow-listed), apply the pre-job setpoint,
-acquire. The raw data then go to the save thread, which writes them durably (the file under
-its final name) *before* any fit runs; the analysis thread fits and adds the results. The
-board thread meanwhile acquires the next job. None of them touches the database: the
-scheduler records outcomes."""
+"""A job's way through four threads. The prepare thread loads the experiment (allow-listed),
+validates its config, reads its config versions and builds and compiles its programs while
+the job before it still acquires. The board thread owns the hardware only for acquisition:
+it takes the prepared job the moment the previous acquisition ends (no round trip through
+the event loop), applies the pre-job setpoint and acquires. The raw data then go to the
+save thread, which writes them durably (the file under its final name) *before* any fit
+runs; the analysis thread fits and adds the results. None of them touches the database:
+the scheduler records the start and the outcome."""
 from __future__ import annotations
 
 import copy
@@ -63,6 +65,7 @@ class JobSpec:
     log_path: Path
     configs: dict[str, Any]           # type name -> config_versions row
     output_root: Path
+    resume_log: bool = False          # its log may exist: an earlier attempt (revoked, crash)
 
 
 @dataclass
@@ -98,7 +101,9 @@ class BoardClock:
 
 class _Board:
     """The board as a job sees it: every call is a safe point where a job that ignored its
-    stop request is interrupted, and acquisitions are timed."""
+    stop request is interrupted, and acquisitions are timed. Outside the board stage
+    (``prepare`` runs while another job acquires) only attributes such as ``soccfg``
+    may be read."""
 
     def __init__(self, board: Any, ctx: "JobContext", clock: BoardClock | None) -> None:
         self._board = board
@@ -112,6 +117,9 @@ class _Board:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self._ctx.interrupt_point()
+            if not self._ctx.board_stage:
+                raise RuntimeError(f"board.{name}() called outside acquire(): prepare() "
+                                   "runs while another job has the board")
             if name == "acquire" and self._clock is not None:
                 return self._clock.timed(value, *args, **kwargs)
             return value(*args, **kwargs)
@@ -126,6 +134,9 @@ class JobContext:
         self.job_id = job_id
         self.board = _Board(board, self, clock)
         self.hardware_config: dict[str, Any] = {}
+        # (type, sha256) of the configs it runs with: a key for caching built programs
+        self.config_key: tuple[tuple[str, str], ...] = ()
+        self.board_stage = False       # True while the board thread runs it
         self.log = job_log
         self.stop_kind: EndReason | None = None
         self.stop_reason: str | None = None       # the message, for people
@@ -194,10 +205,68 @@ class Acquired:
         return sum(a.nbytes for a in self.data.values())
 
 
+class Handle:
+    """One job on its way through the executor; the dispatcher awaits its futures.
+    ``started`` resolves True when the board begins it, or False when it never will
+    (``done`` then holds the outcome of a failed preparation, or None if the job was
+    revoked and stays pending). ``acquired``: the board is free again. ``done``: the
+    Outcome, once data and fits are saved. The save thread writes nothing before the
+    scheduler has durably recorded the start (``claimed``)."""
+
+    def __init__(self, spec: JobSpec, ctx: JobContext,
+                 on_log: Callable[[str, str], None] | None) -> None:
+        self.spec, self.ctx, self.on_log = spec, ctx, on_log
+        self.started: Future = Future()
+        self.acquired: Future = Future()
+        self.done: Future = Future()
+        self.started_mono: float | None = None
+        self.claim_ok: bool | None = None        # set with ``claimed``
+        self.claimed = threading.Event()
+        self._lock = threading.Lock()
+        self._state = "waiting"                  # -> started | revoked
+
+    def revoke(self) -> bool:
+        """Take the job back before the board starts it (a more urgent job came, main
+        changed, pause, shutdown); True if it will not start. Thread-safe."""
+        with self._lock:
+            if self._state == "waiting":
+                self._state = "revoked"
+            return self._state == "revoked"
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._state != "waiting":
+                return False
+            self._state = "started"
+        self.started_mono = time.monotonic()
+        self.spec.started_at = utcnow()
+        return True
+
+    def set_claimed(self, ok: bool) -> None:
+        self.claim_ok = ok
+        self.claimed.set()
+
+    def _never_starts(self, outcome: Outcome | None) -> None:
+        for fut, value in ((self.done, outcome), (self.acquired, None), (self.started, False)):
+            if not fut.done():
+                fut.set_result(value)
+
+
+@dataclass
+class Prepared:
+    """A job made ready off the board: experiment loaded, validated, configured, its
+    programs built."""
+    log: JobLog
+    loaded: Any
+    exp: Experiment
+    cfg: Any
+    contents: dict[str, Any]
+
+
 class Executor:
-    """Owns the board thread and the analysis thread. Neither can be killed by a job (each
-    run is wrapped); ``state`` tells health whether the board thread is idle, busy or dead.
-    ``clock`` times the board's acquisitions."""
+    """Owns the prepare, board, save and analysis threads. None can be killed by a job
+    (each step is wrapped); ``state`` tells health whether the board thread is idle, busy
+    or dead. ``clock`` times the board's acquisitions."""
 
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
@@ -209,7 +278,6 @@ class Executor:
         self.max_log_bytes = max_log_bytes
         self.router = router
         self._yaml_cache: dict[str, dict[str, Any]] = {}
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._experiment_roots = tuple(
             str(Path(p).resolve()) + os.sep for pkg in loader.allowed
             for p in importlib.import_module(pkg).__path__)
@@ -217,11 +285,14 @@ class Executor:
         self.backlog_bytes = 0                    # raw data waiting to be saved and fitted
         self._backlog_lock = threading.Lock()     # updated from two threads
         self.clock = BoardClock()
+        self._to_prepare: queue.SimpleQueue = queue.SimpleQueue()
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._to_save: queue.SimpleQueue = queue.SimpleQueue()
         self._to_fit: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="labd-board", daemon=True)
         self._thread.start()
-        for name, loop in (("labd-save", self._save_loop), ("labd-analysis", self._fit_loop)):
+        for name, loop in (("labd-prepare", self._prepare_loop),
+                           ("labd-save", self._save_loop), ("labd-analysis", self._fit_loop)):
             threading.Thread(target=loop, name=name, daemon=True).start()
 
     @property
@@ -231,42 +302,112 @@ class Executor:
         return "idle" if self.busy_with is None else "busy"
 
     def submit(self, spec: JobSpec, ctx: JobContext,
-               on_log: Callable[[str, str], None] | None = None) -> tuple[Future, Future]:
-        """Queue a job; returns (board free, outcome): the first resolves when its
-        acquisition has ended, the second with the job's Outcome once its data and fits
-        are saved."""
-        acquired: Future = Future()
-        done: Future = Future()
-        self._work.put((acquired, done, spec, ctx, on_log))
-        return acquired, done
+               on_log: Callable[[str, str], None] | None = None) -> Handle:
+        """Prepare the job now; the board takes it as soon as it is free."""
+        handle = Handle(spec, ctx, on_log)
+        self._to_prepare.put(handle)
+        return handle
 
+    # ---- in the prepare thread -------------------------------------------------------
+    def _prepare_loop(self) -> None:
+        while (handle := self._to_prepare.get()) is not None:
+            try:
+                result = self._prepare_job(handle)
+            except BaseException:  # never let a job take the thread down
+                log.exception("executor: preparing %s failed", handle.spec.job_id)
+                result = Outcome(EndReason.START_FAILED, "internal error while preparing "
+                                 "the job; the daemon log has the details")
+            if isinstance(result, Outcome):
+                handle._never_starts(result)
+            else:
+                self._work.put((handle, result))
+
+    def _prepare_job(self, handle: Handle) -> Prepared | Outcome | None:
+        spec, ctx = handle.spec, handle.ctx
+        if handle._state == "revoked":  # taken back while it waited
+            handle._never_starts(None)
+            return None
+        try:
+            jl = JobLog(spec.log_path, self.max_log_bytes,
+                        (lambda text: handle.on_log(spec.job_id, text)) if handle.on_log
+                        else None, resume=spec.resume_log)
+        except OSError as exc:  # nothing could be saved either: fail before any hardware
+            return Outcome(EndReason.START_FAILED, f"cannot write to the data directory "
+                           f"{spec.log_path.parent}: {exc.strerror or exc}")
+        self.router.attach(jl, ctx.interrupt_point)
+        try:
+            result = self._prepare(spec, ctx, jl)
+        except JobInterrupted:
+            result = Outcome(ctx.stop_kind or EndReason.ERROR, ctx.stop_reason or "stopped")
+        finally:
+            self.router.detach()
+        if isinstance(result, Outcome):
+            jl.close()
+        return result
+
+    def _prepare(self, spec: JobSpec, ctx: JobContext, jl: JobLog) -> Prepared | Outcome:
+        try:
+            loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
+            cfg = self.loader.validate_config(loaded, spec.experiment_config)
+            for name in loaded.cls.requires_configs:
+                if name not in spec.configs:
+                    return Outcome(EndReason.START_FAILED, (
+                        f"{spec.experiment_class} needs a {name}, and there is no main "
+                        f"version of it: push one with `labctl config push {name} FILE` "
+                        "(or pin a version with --pin), then `labctl retry` this job"))
+            contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
+                               "content": self.read_config(row)}
+                        for name, row in spec.configs.items()}
+            hw = contents.get("hardware_config")
+            ctx.hardware_config = self._parsed_yaml(hw["sha256"], hw["content"]) if hw else {}
+            ctx.config_key = tuple(sorted((n, c["sha256"]) for n, c in contents.items()))
+            exp = loaded.cls(ctx, cfg)
+            exp.prepare()
+        except Stopped as exc:
+            return Outcome(ctx.stop_kind or EndReason.ERROR, ctx.stop_reason or str(exc))
+        except Exception as exc:  # the experiment's own code failed, as in acquire
+            job_log.error("job failed:\n%s", traceback.format_exc())
+            return Outcome(EndReason.ERROR, f"{type(exc).__name__}: {exc}")
+        return Prepared(jl, loaded, exp, cfg, contents)
+
+    # ---- in the board thread ---------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            acquired: Future | None = None
-            done: Future | None = None
+            handle: Handle | None = None
             try:
                 item = self._work.get()
                 if item is None:
                     return
-                acquired, done, spec, ctx, on_log = item
-                self.busy_with = spec.job_id
-                result = self._run(spec, ctx, on_log)
+                handle, prep = item
+                ctx = handle.ctx
+                if ctx.stop_kind is EndReason.SHUTDOWN:
+                    handle.revoke()   # never started: it stays pending for the next start
+                if not handle._take():
+                    prep.log.close()
+                    handle._never_starts(None)
+                    continue
+                if ctx.stop_kind is not None:  # cancelled while it waited for the board
+                    prep.log.close()
+                    handle._never_starts(Outcome(ctx.stop_kind, ctx.stop_reason))
+                    continue
+                self.busy_with = handle.spec.job_id
+                handle.started.set_result(True)
+                result = self._run(handle, prep)
                 self.busy_with = None
-                acquired.set_result(None)
+                handle.acquired.set_result(None)
                 if isinstance(result, Outcome):
                     result.finished_at = utcnow()
-                    done.set_result(result)
+                    self._to_save.put((result, handle))
                 else:
                     with self._backlog_lock:
                         self.backlog_bytes += result.nbytes
-                    self._to_save.put((result, done))
+                    self._to_save.put((result, handle))
             except BaseException as exc:  # never let a job take the thread down
                 if not isinstance(exc, JobInterrupted):
                     log.exception("executor: a job raised outside its run")
-                for fut in (acquired, done):
-                    if fut is not None and not fut.done():
-                        fut.set_result(Outcome(EndReason.ERROR, "interrupted outside the "
-                                               "experiment; the daemon log has the details"))
+                if handle is not None:
+                    handle._never_starts(Outcome(EndReason.ERROR, "interrupted outside the "
+                                                 "experiment; the daemon log has the details"))
             finally:
                 self.busy_with = None
 
@@ -301,21 +442,14 @@ class Executor:
                                                        ctypes.c_void_p(0))
 
     def shutdown(self) -> None:
-        for q in (self._work, self._to_save, self._to_fit):
+        for q in (self._to_prepare, self._work, self._to_save, self._to_fit):
             q.put(None)
 
-    # ---- in the board thread ---------------------------------------------------------
-    def _run(self, spec: JobSpec, ctx: JobContext,
-             on_log: Callable[[str, str], None] | None) -> Acquired | Outcome:
+    def _run(self, handle: Handle, prep: Prepared) -> Acquired | Outcome:
+        spec, ctx = handle.spec, handle.ctx
+        self.router.attach(prep.log, ctx.interrupt_point)
         try:
-            jl = JobLog(spec.log_path, self.max_log_bytes,
-                        (lambda text: on_log(spec.job_id, text)) if on_log else None)
-        except OSError as exc:  # nothing could be saved either: fail before any hardware
-            return Outcome(EndReason.ERROR, f"cannot write to the data directory "
-                           f"{spec.log_path.parent}: {exc.strerror or exc}")
-        self.router.attach(jl, ctx.interrupt_point)
-        try:
-            result = self._acquire(spec, ctx, jl)
+            result = self._acquire(spec, ctx, prep)
         except JobInterrupted:
             result = Outcome(ctx.stop_kind or EndReason.ERROR,
                              f"{ctx.stop_reason or 'interrupted'}; the experiment ignored "
@@ -323,29 +457,16 @@ class Executor:
         finally:
             self.router.detach()
         if isinstance(result, Outcome):
-            jl.close()
+            prep.log.close()
         return result
 
-    def _acquire(self, spec: JobSpec, ctx: JobContext, jl: JobLog) -> Acquired | Outcome:
+    def _acquire(self, spec: JobSpec, ctx: JobContext, prep: Prepared) -> Acquired | Outcome:
+        exp, loaded = prep.exp, prep.loaded
         try:
-            ctx.check_stop()  # cancelled while it was being started
+            ctx.board_stage = True
             job_log.info("job %s: %s.%s by %s (%s)", spec.job_id, spec.experiment_module,
                          spec.experiment_class, spec.user, spec.os_user)
-            loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
-            cfg = self.loader.validate_config(loaded, spec.experiment_config)
-            for name in loaded.cls.requires_configs:
-                if name not in spec.configs:
-                    return Outcome(EndReason.START_FAILED, (
-                        f"{spec.experiment_class} needs a {name}, and there is no main "
-                        f"version of it: push one with `labctl config push {name} FILE` "
-                        "(or pin a version with --pin), then `labctl retry` this job"))
-            contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
-                               "content": self.read_config(row)}
-                        for name, row in spec.configs.items()}
-            hw = contents.get("hardware_config")
-            ctx.hardware_config = self._parsed_yaml(hw["sha256"], hw["content"]) if hw else {}
             setpoint = self.setpoint.apply(ctx.hardware_config, ctx)
-            exp = loaded.cls(ctx, cfg)
             exp.before_job()
             try:
                 raw = exp.acquire()
@@ -359,16 +480,18 @@ class Executor:
         except Exception as exc:
             job_log.error("job failed:\n%s", traceback.format_exc())
             return Outcome(EndReason.ERROR, f"{type(exc).__name__}: {exc}")
+        finally:
+            ctx.board_stage = False
         merged = {k: ctx.hardware_config.get(k, {}) for k in ("device", "hw", "aliases")}
         merged["data_management"] = {"output_root": str(spec.output_root)}
-        merged["expt"] = cfg.model_dump(mode="json")
+        merged["expt"] = prep.cfg.model_dump(mode="json")
         meta = {
             "job_id": spec.job_id, "user": spec.user, "os_user": spec.os_user,
             "experiment_class": spec.experiment_class,
             "experiment_module": spec.experiment_module, "priority": spec.priority,
             "batch_id": spec.batch_id, "created_at": spec.created_at,
             "started_at": spec.started_at,
-            "config_versions": {n: c["version_id"] for n, c in contents.items()},
+            "config_versions": {n: c["version_id"] for n, c in prep.contents.items()},
             "module_sha256": loaded.sha256, "package_sha256": loaded.package_sha256,
             # the unit of every expt key and data key
             "expt_units": exp.expt_units(), "data_units": exp.data_units(),
@@ -377,18 +500,27 @@ class Executor:
             "nonfinite_keys": [k for k, a in data.items()
                                if a.dtype.kind in "fc" and not np.isfinite(a).all()],
         }
-        return Acquired(spec, ctx, jl, exp, data, merged, meta, contents, loaded)
+        return Acquired(spec, ctx, prep.log, exp, data, merged, meta, prep.contents, loaded)
 
     # ---- in the save thread, then the analysis thread ----------------------------------
     # Two threads, so a long fit never delays saving (and completing) the jobs after it.
     def _save_loop(self) -> None:
         while (item := self._to_save.get()) is not None:
-            acq, done = item
-            out = self._in_job_log(acq, self._save, acq)
+            result, handle = item
+            if isinstance(result, Outcome):  # nothing to save
+                handle.done.set_result(result)
+                continue
+            handle.claimed.wait()  # never a data file for a job not recorded as started
+            if not handle.claim_ok:  # it stays pending and runs again: drop this attempt
+                result.log.write("labd: this attempt is dropped: its start could not be "
+                                 "recorded; the job stays pending\n")
+                self._deliver(result, None, handle.done)
+                continue
+            out = self._in_job_log(result, self._save, result)
             if out.reason is EndReason.COMPLETED and out.results is None:
-                self._to_fit.put((acq, out, done))
+                self._to_fit.put((result, out, handle.done))
             else:
-                self._deliver(acq, out, done)
+                self._deliver(result, out, handle.done)
 
     def _fit_loop(self) -> None:
         while (item := self._to_fit.get()) is not None:
@@ -406,11 +538,12 @@ class Executor:
         finally:
             self.router.detach()
 
-    def _deliver(self, acq: Acquired, out: Outcome, done: Future) -> None:
+    def _deliver(self, acq: Acquired, out: Outcome | None, done: Future) -> None:
         with self._backlog_lock:
             self.backlog_bytes -= acq.nbytes
         acq.log.close()
-        out.finished_at = utcnow()
+        if out is not None:
+            out.finished_at = utcnow()
         done.set_result(out)
 
     def _save(self, acq: Acquired) -> Outcome:

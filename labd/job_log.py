@@ -19,18 +19,24 @@ class JobLog:
     """An open, size-capped log file for one job (written only by the executor thread)."""
 
     def __init__(self, path: Path, max_bytes: int,
-                 on_text: Callable[[str], None] | None = None) -> None:
+                 on_text: Callable[[str], None] | None = None, resume: bool = False) -> None:
+        """``resume``: the job's own earlier attempt may have left its log (it was taken
+        back before the board started it, or labd died just after the start): add to it."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
         self.size = 0
         self.truncated = False
+        self._on_text = on_text
         try:  # a new file: a job ID reused after a lost database must not add to another's log
             self._fh = open(path, "xb", buffering=0)
         except FileExistsError:
+            if resume:
+                self._fh = open(path, "ab", buffering=0)
+                self.size = self._fh.tell()
+                return
             raise FileExistsError(errno.EEXIST, "a log for this job ID already exists; labd "
                                   "never writes into another job's files", str(path)) from None
-        self._on_text = on_text
 
     def write(self, text: str) -> None:
         if not text or self.truncated:

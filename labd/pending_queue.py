@@ -37,6 +37,7 @@ class PendingJob:
     after: str | None = None         # job that must complete first
     not_before: float | None = None  # epoch seconds
     phase: str = "waiting"           # a scheduler.states.RunPhase
+    attempts: int = 0                # times handed to the executor and taken back
 
     def key(self) -> tuple[int, int, str]:
         return (-self.priority, self.order, self.job_id)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from labd.config_store import ConfigStore
 from labd.events import EventBus
-from labd.executor import Outcome
+from labd.executor import Handle, Outcome
 from labd.identity import Peer
 from labd.scheduler.core import Scheduler
 from labd.scheduler.states import EndReason
@@ -22,7 +22,8 @@ ROOT = Peer(uid=0, gid=0, pid=1, username="root", is_admin=True)
 
 
 class FakeExecutor:
-    """Records each job handed to the board; the test decides when and how it ends."""
+    """A board the test drives: jobs handed over wait, in order, until the board is free;
+    the test decides when each acquisition ends and with what outcome."""
     board = None
     state = "idle"
     busy_with: str | None = None
@@ -31,23 +32,42 @@ class FakeExecutor:
 
     def __init__(self) -> None:
         self.started: asyncio.Queue = asyncio.Queue()
-        self.futures: dict[str, tuple[concurrent.futures.Future, ...]] = {}
+        self.handles: dict[str, Handle] = {}
+        self._waiting: list[Handle] = []
 
-    def submit(self, spec: Any, ctx: Any, on_log: Any = None) -> tuple:
-        acquired: concurrent.futures.Future = concurrent.futures.Future()
-        done: concurrent.futures.Future = concurrent.futures.Future()
-        self.futures[spec.job_id] = (acquired, done)
-        self.started.put_nowait(spec.job_id)
-        return acquired, done
+    def submit(self, spec: Any, ctx: Any, on_log: Any = None) -> Handle:
+        handle = Handle(spec, ctx, on_log)
+        self.handles[spec.job_id] = handle
+        self._waiting.append(handle)
+        self._next()
+        return handle
+
+    def _next(self) -> None:
+        """The board takes the next prepared job if it is free (as the board thread)."""
+        while self.busy_with is None and self._waiting:
+            handle = self._waiting.pop(0)
+            if not handle._take():
+                handle._never_starts(None)
+                continue
+            if handle.ctx.stop_kind is not None:
+                handle._never_starts(Outcome(handle.ctx.stop_kind, handle.ctx.stop_reason))
+                continue
+            self.busy_with = handle.spec.job_id
+            handle.started.set_result(True)
+            self.started.put_nowait(handle.spec.job_id)
 
     def acquired(self, job_id: str) -> None:
         """The job's acquisition ended: the board is free, its analysis runs."""
-        if not self.futures[job_id][0].done():
-            self.futures[job_id][0].set_result(None)
+        handle = self.handles[job_id]
+        if not handle.acquired.done():
+            handle.acquired.set_result(None)
+        if self.busy_with == job_id:
+            self.busy_with = None
+            self._next()
 
     def finish(self, job_id: str, reason: EndReason = EndReason.COMPLETED) -> None:
         self.acquired(job_id)
-        self.futures[job_id][1].set_result(Outcome(reason))
+        self.handles[job_id].done.set_result(Outcome(reason))
 
     def interrupt(self, job_id: str) -> bool:
         return False
@@ -101,10 +121,8 @@ class Harness:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for futs in self.executor.futures.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_result(None if fut is futs[0] else Outcome(EndReason.SHUTDOWN))
+        for handle in self.executor.handles.values():
+            handle._never_starts(Outcome(EndReason.SHUTDOWN))
         await self.sched.stop()
         await self.store.close()
 
@@ -121,9 +139,13 @@ class Harness:
         [job_id] = await self.sched.enqueue(peer, [self.job(peer, **fields)])
         return job_id
 
-    async def started(self) -> str:
-        """The next job handed to the (fake) board."""
-        return await asyncio.wait_for(self.executor.started.get(), 10)
+    async def started(self, recorded: bool = True) -> str:
+        """The next job the (fake) board began; with ``recorded``, once its start is
+        stored as well (the board does not wait for that commit)."""
+        job_id = await asyncio.wait_for(self.executor.started.get(), 10)
+        if recorded:
+            await wait_for_condition(self.executor.handles[job_id].claimed.is_set)
+        return job_id
 
     async def final(self, job_id: str) -> Any:
         """Wait until the job's outcome is stored; returns the stored job."""
@@ -133,3 +155,13 @@ class Harness:
             await asyncio.wait_for(fut, 10)
         self.events.drop_waiter(job_id, fut)
         return await self.store.get_job(job_id)
+
+
+async def wait_for_condition(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Yield to the loop until ``pred()`` holds (bounded): for states reached through a
+    store thread, where there is no event to await."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)

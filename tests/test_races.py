@@ -11,7 +11,7 @@ import pytest
 
 from labd_client.protocol import Conflict
 from labd.scheduler.states import EndReason, RunPhase
-from sched_harness import ALICE, ROOT, Harness
+from sched_harness import ALICE, ROOT, Harness, wait_for_condition
 
 
 def sql_starts(prefix: str):
@@ -89,18 +89,27 @@ async def test_dependency_ending_while_the_submit_commits(tmp_path):
 
 async def test_claim_of_a_job_changed_behind_the_daemon_does_not_run_it(tmp_path):
     """Issue #11.10: the claim is conditional and checked. Another process takes the job
-    between the claim's read and its UPDATE (two daemons on one state dir ran jobs
-    twice): the UPDATE changes no row, so the job is not run again here."""
+    while its claim commits (two daemons on one state dir ran jobs twice): the UPDATE
+    changes no row, so the job is stopped at once (the board took it the moment it was
+    free, #14), nothing of it is saved or recorded here, and the next job runs."""
     async with Harness(tmp_path) as h:
         reached, release = h.store.gate(sql_starts("UPDATE jobs SET status='running'"))
         job = await h.submit()
+        assert await h.started(recorded=False) == job
         await reached.wait()                     # the claim read it as pending ...
         with sqlite3.connect(h.settings.db_path) as other:  # ... another process takes it
-            other.execute("UPDATE jobs SET status='running' WHERE job_id=?", (job,))
+            other.execute("UPDATE jobs SET status='running', error_message='other' "
+                          "WHERE job_id=?", (job,))
         release.set()
+        ctx = h.executor.handles[job].ctx
+        await wait_for_condition(lambda: ctx.stop_kind is not None)
+        assert "could not be recorded" in ctx.stop_reason
         marker = await h.submit()
-        assert await h.started() == marker       # the taken job was skipped
+        h.executor.finish(job, EndReason.SHUTDOWN)  # the board honours the stop
+        assert await h.started() == marker       # the taken job is not run again here
         assert job not in h.sched.active
+        row = await h.store.get_job(job)         # the other process's record is untouched
+        assert row.status == "running" and row.error_message == "other"
 
 
 async def test_a_failing_caller_does_not_fail_the_others_in_its_group(tmp_path):

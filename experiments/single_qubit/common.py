@@ -3,6 +3,8 @@ config, a tProc v2 program skeleton (drive + readout + one sweep loop), and the 
 qubit's readout response."""
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -91,9 +93,59 @@ class QubitProgram(AveragerProgramV2):
         return {name for env in self.envelopes for name in env["envs"]}
 
 
+class _Built(Exception):
+    """Ends a dry run of ``acquire`` in ``prepare`` at its first board call."""
+
+
+# Built programs by everything that determines them: the program class, the experiment's
+# class and config, the config versions' hashes and the board's QickConfig. A program is
+# only read by an acquisition, so a drain of identical jobs compiles once.
+_PROGRAMS: OrderedDict[tuple, Any] = OrderedDict()
+_PROGRAMS_MAX = 64
+_PROGRAMS_LOCK = threading.Lock()
+
+
 class SingleQubitExperiment(Experiment):
     config_model = SweepConfig
     requires_configs = ("hardware_config",)
+    _dry_run = False
+    _sweeps = 0          # run_sweep calls so far in this run
+
+    def prepare(self) -> None:
+        """Run ``acquire`` up to its first ``run_sweep``: everything before it computes the
+        sweep, and that sweep's program is built and compiled here, off the board. If the
+        dry run fails (say, a subclass touches the board first), nothing is prepared and
+        ``acquire`` on the board does it all, raising the same error there."""
+        self._dry_run = True
+        try:
+            self.acquire()
+        except _Built:
+            pass
+        except Exception:  # acquire on the board meets it again, and reports it there
+            pass
+        finally:
+            self._dry_run = False
+            self._sweeps = 0
+
+    def program(self, program: type["QubitProgram"], cfg: dict[str, Any]) -> Any:
+        """The compiled program for this run's next sweep (cached, see ``_PROGRAMS``)."""
+        soccfg = self.ctx.board.soccfg
+        config_key = getattr(self.ctx, "config_key", ())   # labd's contexts have one
+        key = (program, type(self), self.cfg.model_dump_json(), config_key, self._sweeps,
+               soccfg)
+        self._sweeps += 1
+        with _PROGRAMS_LOCK:
+            prog = _PROGRAMS.get(key)
+            if prog is not None:
+                _PROGRAMS.move_to_end(key)
+                return prog
+        prog = program(soccfg, reps=self.cfg.reps, final_delay=self.cfg.relax_delay, cfg=cfg)
+        if config_key:  # known inputs only
+            with _PROGRAMS_LOCK:
+                _PROGRAMS[key] = prog
+                while len(_PROGRAMS) > _PROGRAMS_MAX:
+                    _PROGRAMS.popitem(last=False)
+        return prog
 
     def qubit(self) -> dict[str, Any]:
         """Channels and calibrated parameters of the first selected qubit."""
@@ -132,11 +184,12 @@ class SingleQubitExperiment(Experiment):
         (per point or one value) is how long the pulse sequence takes before readout: with
         the relax delay it sets how long a shot takes on the mock board, as on a real one."""
         cfg = {"q": self.qubit(), "expts": self.cfg.expts, **params}
+        prog = self.program(program, cfg)
+        if self._dry_run:
+            raise _Built
         self.ctx.log.info("%s on qubit %s: %d points x %d reps x %d rounds",
                           type(self).__name__, self.cfg.qubits[0], self.cfg.expts,
                           self.cfg.reps, self.cfg.rounds)
-        prog = program(self.ctx.board.soccfg, reps=self.cfg.reps,
-                       final_delay=self.cfg.relax_delay, cfg=cfg)
         q = cfg["q"]
         shot_us = float(np.mean(seq_us)) + 0.05 + q["ro_length"] + self.cfg.relax_delay
         iq = self.ctx.board.acquire(prog, rounds=self.cfg.rounds, ctx=self.ctx, model=model,

@@ -61,7 +61,7 @@ async def submit(call: Call, p: SubmitParams) -> dict[str, Any]:
     job = await _prepare(call, p, None)
     [job_id] = await call.app.scheduler.enqueue(call.peer, [job])
     return {"job_id": job_id, "status": "pending",
-            "position": call.app.scheduler.queue.position(job_id)}
+            "position": call.app.scheduler.position(job_id)}
 
 
 @rpc("submit_batch", BatchParams)
@@ -85,7 +85,7 @@ async def submit_batch(call: Call, p: BatchParams) -> dict[str, Any]:
 async def get(call: Call, p: JobRef) -> dict[str, Any]:
     job = await call.app.scheduler.get(p.job_id)
     out = job.model_dump(mode="json")
-    out["position"] = call.app.scheduler.queue.position(p.job_id)
+    out["position"] = call.app.scheduler.position(p.job_id)
     return out
 
 

@@ -30,7 +30,11 @@ async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
     unfiltered = p.user is None and p.os_user is None
     eta = None if sched.paused else sched.time_to_free()
     typical = sched.estimates.typical()
-    for pos, pj in enumerate(sched.queue.ordered(p.limit if unfiltered else None), 1):
+    # the prepared job (phase starting) is still pending until the board takes it: first
+    nxt = sched.dispatcher.next
+    ahead = [nxt.job] if nxt is not None else []
+    for pos, pj in enumerate(itertools.chain(
+            ahead, sched.queue.ordered(p.limit if unfiltered else None)), 1):
         if (p.user is None or pj.user == p.user) and \
                 (p.os_user is None or pj.os_user == p.os_user):
             rows.append([pos, pj.job_id, pj.priority, pj.user, pj.os_user,
@@ -46,7 +50,8 @@ async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
                     if (p.user is None or pj.user == p.user) and
                     (p.os_user is None or pj.os_user == p.os_user)), p.limit)]
     return {"running": sched.running.summary() if sched.running else None,
-            "columns": QUEUE_COLUMNS, "pending": rows, "total_pending": len(sched.queue),
+            "columns": QUEUE_COLUMNS, "pending": rows,
+            "total_pending": sched.runnable_count,
             "waiting": waiting, "paused": sched.paused}
 
 
@@ -125,7 +130,7 @@ async def board_stats(call: Call, p: NoParams) -> dict[str, Any]:
 async def health(call: Call, p: NoParams) -> dict[str, Any]:
     app, sched = call.app, call.app.scheduler
     stuck = sched.dispatcher.stuck_since
-    return {"status": status(call), "version": __version__, "pending": len(sched.queue),
+    return {"status": status(call), "version": __version__, "pending": sched.runnable_count,
             "waiting": len(sched.waiting), "paused": sched.paused,
             "running": sched.running.summary() if sched.running else None,
             "executor": "stuck" if stuck is not None else sched.executor.state,
@@ -137,6 +142,6 @@ async def health(call: Call, p: NoParams) -> dict[str, Any]:
             "waits": app.events.waiting(), "you": call.peer.username,
             "admin": call.peer.is_admin, "time": utcnow(),
             # the predecessor's keys, which its notebooks read
-            "pending_jobs": len(sched.queue) + len(sched.waiting),
+            "pending_jobs": sched.runnable_count + len(sched.waiting),
             "running_jobs": int(sched.running is not None),
             "database_connected": app.store.last_error is None}

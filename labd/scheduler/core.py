@@ -48,6 +48,7 @@ class Scheduler:
         self.states = Transitions(store, events)
         self.estimates = Estimates()
         self.dispatcher = Dispatcher(self)
+        configs.main_guard = self.dispatcher.main_changing
         self.paused = False
         self.stopping = False
         self.job_ids = DailyCounter("JOB")
@@ -81,6 +82,8 @@ class Scheduler:
         self.estimates.load(await self.store.recent_durations())
         rows = await self.store.pending_rows()
         records = [self._record(r) for r in rows]
+        for pj in records:  # labd may have died just after the board took it: its log exists
+            pj.attempts = 1
         final = await self._final_statuses(pj.after for pj in records)
         for pj in records:
             self._enter(pj)
@@ -136,9 +139,7 @@ class Scheduler:
     def _place(self, pj: PendingJob) -> None:
         """Into the wait set if it must wait, else into the run order."""
         if not self.waiting.place(pj):
-            pj.phase = RunPhase.QUEUED
-            self.queue.push(pj)
-            self.dispatcher.wake()
+            self._runnable(pj)
 
     def _unplace(self, pj: PendingJob) -> None:
         if self.waiting.remove(pj.job_id) is None:
@@ -147,7 +148,7 @@ class Scheduler:
     def _runnable(self, pj: PendingJob) -> None:
         pj.phase = RunPhase.QUEUED
         self.queue.push(pj)
-        self.dispatcher.wake()
+        self.dispatcher.queued(pj)
 
     def _leave_pending(self, pj: PendingJob, phase: RunPhase) -> None:
         """The one place a job stops counting as pending (its quota is released once)."""
@@ -287,14 +288,18 @@ class Scheduler:
             policy.require_owner(peer, job.os_uid, job_id, "cancel")
             raise Conflict(f"{job_id} is already {job.status.value}; nothing to cancel")
         policy.require_owner(peer, pj.os_uid, job_id, "cancel")
+        nxt = self.dispatcher.next
+        if nxt is not None and nxt.job is pj:
+            self.dispatcher.revoke_next("cancelled")  # not started yet: cancel it as pending
         if pj.phase in PENDING_PHASES:
             await self._end_pending(pj, EndReason.CANCELLED,
                                     f"cancelled by {peer.username} while pending", retry=False)
             return {"job_id": job_id, "status": "cancelled"}
-        run = self.dispatcher.running
-        if run is not None and run.job is pj:
+        run = self.dispatcher.of(pj)
+        if run is not None:
+            when = "while running" if run is self.dispatcher.running else "before its start"
             self.dispatcher.request_stop(run, EndReason.CANCELLED,
-                                         f"cancelled by {peer.username} while running")
+                                         f"cancelled by {peer.username} {when}")
             return {"job_id": job_id, "status": "cancelling"}
         if pj.phase is RunPhase.ANALYZING:
             raise Conflict(f"{job_id} has finished acquiring and its data are being saved "
@@ -326,12 +331,18 @@ class Scheduler:
         except StoreError as exc:
             raise Unavailable(f"not {'paused' if paused else 'resumed'}: {exc}") from None
         self.paused = paused
+        if paused:
+            self.dispatcher.revoke_next("the queue is paused")
         self.dispatcher.wake()
         self.events.publish({"type": "queue", "paused": paused, "by": peer.username})
         return {"paused": paused}
 
     def _own_pending(self, peer: Peer, job_id: str, action: str) -> PendingJob:
         pj = self.active.get(job_id)
+        if pj is not None and self.dispatcher.next is not None and \
+                self.dispatcher.next.job is pj:
+            policy.require_owner(peer, pj.os_uid, job_id, action)
+            self.dispatcher.revoke_next(f"being {action}")  # not started: pending again
         if pj is None or pj.phase not in PENDING_PHASES:
             raise Conflict(f"{job_id} is not pending; only a pending job can be {action}")
         policy.require_owner(peer, pj.os_uid, job_id, action)
@@ -363,7 +374,7 @@ class Scheduler:
             await self._change_pending(pj, flip(held), flip(not held),
                                        Store.set_held(job_id, held))
         return {"job_id": job_id, "held": held, "waiting_for": describe_wait(pj),
-                "position": self.queue.position(job_id)}
+                "position": self.position(job_id)}
 
     async def set_priority(self, peer: Peer, job_id: str, priority: int) -> dict[str, Any]:
         """The owner may lower a pending job's priority; raising it takes an admin."""
@@ -374,12 +385,25 @@ class Scheduler:
                                    lambda: setattr(pj, "priority", old),
                                    Store.set_priority(job_id, priority))
         return {"job_id": job_id, "priority": priority,
-                "position": self.queue.position(job_id)}
+                "position": self.position(job_id)}
 
     # ---- views --------------------------------------------------------------------
     @property
     def running(self):
         return self.dispatcher.running
+
+    def position(self, job_id: str) -> int | None:
+        """1-based place in the run order; the prepared job (not started yet) is first."""
+        nxt = self.dispatcher.next
+        if nxt is not None and nxt.job.job_id == job_id:
+            return 1
+        pos = self.queue.position(job_id)
+        return None if pos is None else pos + (nxt is not None)
+
+    @property
+    def runnable_count(self) -> int:
+        """Runnable pending jobs, the prepared one (not started yet) included."""
+        return len(self.queue) + (self.dispatcher.next is not None)
 
     def time_to_free(self) -> float | None:
         """Seconds until the board is free (0 if idle, None if unknown)."""

@@ -1,8 +1,14 @@
-"""Dispatch: one acquisition at a time from the queue to the board thread, as small stages —
-claim (resolve config versions, durably mark it running), acquire (the board thread),
-supervise (cancel, time limit, escalation), then analyze (the analysis thread saves the raw
-data and fits) and finish (record the outcome). The next job starts acquiring as soon as
-the board is free, while the previous one is still being saved and analyzed. The jobs
+"""Dispatch: one acquisition at a time, as stages of one task per job — prepare (resolve
+its config versions; the executor loads it and builds its programs while the job before
+it still acquires), start (the board thread takes it the moment the previous acquisition
+ends; only then is it durably recorded as running, and nothing of it is saved before that
+record), supervise (cancel, time limit, escalation), analyze (the save and analysis
+threads, while the next job acquires) and finish (record the outcome).
+
+The prepared job is taken back to the queue, unstarted, when a more urgent job arrives,
+the queue is paused, labd shuts down, or a main config it would use changes (every job
+runs with main as of its start); while a job that may update main (a calibration) runs or
+is analyzed, the next one is not prepared at all. The jobs
 waiting for their save and fit are bounded (``MAX_ANALYZING`` jobs, ``MAX_BACKLOG_BYTES`` of
 raw data): past that the board waits for a fit rather than piling up data in memory.
 
@@ -19,6 +25,7 @@ GC, so it does not grow with the queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labd_client.protocol import LabdError
-from ..executor import JobContext, JobSpec, Outcome
+from ..executor import Handle, JobContext, JobSpec, Outcome
 from ..models import utcnow
 from ..pending_queue import PendingJob
 from ..store import PreconditionFailed, Store, StoreError
@@ -54,6 +61,10 @@ class Running:
     stop_requested_mono: float | None = None
     hard_stopped: bool = False
     stop_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    handle: Handle | None = None
+    versions: dict[str, str] = field(default_factory=dict)   # config versions it runs with
+    pinned: frozenset[str] = frozenset()                     # types the submit pinned
+    revoked: bool = False     # taken back before its start: pending again
 
     def summary(self) -> dict[str, Any]:
         return {**self.job.summary(), "status": "running", "started_at": self.started_at,
@@ -64,13 +75,14 @@ class Dispatcher:
     def __init__(self, sched: "Scheduler") -> None:
         self.sched = sched
         self.executor = sched.executor
-        self.running: Running | None = None
+        self.running: Running | None = None     # the board has it
+        self.next: Running | None = None        # prepared, waiting for the board
         self.stuck_since: float | None = None   # the board thread ignored every stop
         self.analyzing: dict[str, PendingJob] = {}  # acquired, being saved and analyzed
+        self._main_changing = 0                 # config main changes being committed
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()
-        self._prefetched: tuple[str, Any] | None = None  # (job_id, row) of the likely next
         self._log_buf: list[tuple[str, str]] = []
         self._log_lock = threading.Lock()
 
@@ -82,11 +94,13 @@ class Dispatcher:
         self._wake.set()
 
     async def stop(self, timeout: float) -> None:
-        """Shutdown: the running job is asked to stop at a safe point; wait (bounded) for
-        the loop. Jobs being analyzed finish (the scheduler waits for their outcomes)."""
-        if self.running is not None:
-            self.request_stop(self.running, EndReason.SHUTDOWN,
-                              "interrupted: daemon shut down during run")
+        """Shutdown: the prepared job goes back to pending; the running job is asked to
+        stop at a safe point; wait (bounded) for both. Jobs being analyzed finish (the
+        scheduler waits for their outcomes)."""
+        for run in (self.next, self.running):
+            if run is not None:
+                self.request_stop(run, EndReason.SHUTDOWN,
+                                  "interrupted: daemon shut down during run")
         self.wake()
         if self._task is not None:
             try:
@@ -95,13 +109,24 @@ class Dispatcher:
                 log.error("running job did not finish during shutdown")
 
     def _idle(self) -> bool:
-        return not (len(self.sched.queue) or self.analyzing or self.running)
+        return not (len(self.sched.queue) or self.analyzing or self.running or self.next)
 
     def _can_start(self) -> bool:
+        """May the next job be prepared and handed to the board (which takes it when the
+        current acquisition ends)?"""
         s = self.sched
         return not (s.paused or self.stuck_since is not None or not len(s.queue)
-                    or len(self.analyzing) >= MAX_ANALYZING
+                    or self.next is not None or self._main_changing
+                    or self._main_may_change()
+                    or len(self.analyzing) + (self.running is not None) >= MAX_ANALYZING
                     or self.executor.backlog_bytes >= MAX_BACKLOG_BYTES)
+
+    def _main_may_change(self) -> bool:
+        """A job that may update main when it completes (a calibration) is acquiring or
+        being analyzed: the next job waits, so it never runs on a replaced config."""
+        run = self.running
+        return (run is not None and getattr(run.job, "update_main", False)) or any(
+            getattr(pj, "update_main", False) for pj in self.analyzing.values())
 
     async def _dispatch_loop(self) -> None:
         ran_since_collect = False
@@ -115,69 +140,155 @@ class Dispatcher:
                 continue
             ran_since_collect = True
             pj = self.sched.take_next()
-            try:
-                await self._run(pj)
-            except Exception:  # never let one job take the dispatcher down
-                log.exception("dispatching %s failed", pj.job_id)
-                self.running = None
-                self.sched.finish(pj, Outcome(EndReason.START_FAILED,
-                                              "internal error while starting the job; the "
-                                              "daemon log has the details"))
+            ctx = JobContext(pj.job_id, self.executor.board, self._on_progress,
+                             self.executor.clock)
+            self.next = Running(pj, ctx, "", time.monotonic(),
+                                self.sched.settings.job_time_limit_s)
+            self.sched.spawn(self._job(self.next))
+        while self.next is not None or self.running is not None:  # shutdown: let them end
+            self._wake.clear()
+            await self._wake.wait()
+
+    # ---- taking back the prepared job -------------------------------------------------
+    def revoke_next(self, why: str) -> bool:
+        """Take the prepared job back to the queue if the board has not started it; then
+        it is pending again at once (it can be held, reprioritized, cancelled as such)."""
+        nxt = self.next
+        if nxt is None or (nxt.handle is not None and not nxt.handle.revoke()):
+            return False
+        log.debug("%s taken back before its start: %s", nxt.job.job_id, why)
+        nxt.revoked = True
+        self._release(nxt)
+        nxt.job.attempts += 1
+        self.sched.requeue(nxt.job)
+        return True
+
+    def queued(self, pj: PendingJob) -> None:
+        """A job became runnable: one more urgent than the prepared job goes first."""
+        nxt = self.next
+        if nxt is not None and pj.priority > nxt.job.priority:
+            self.revoke_next(f"{pj.job_id} has a higher priority")
+        self.wake()
+
+    @contextlib.asynccontextmanager
+    async def main_changing(self, type_name: str):
+        """Around a change of a config type's main version: nothing starts meanwhile, and a
+        prepared job that would use the old main is taken back, so every job runs with
+        main as of its start."""
+        self._main_changing += 1
+        nxt = self.next
+        if nxt is not None and nxt.handle is not None and \
+                type_name in nxt.handle.spec.configs and type_name not in nxt.pinned:
+            self.revoke_next(f"main {type_name} is changing")
+        try:
+            yield
+        finally:
+            self._main_changing -= 1
+            self.wake()
 
     def request_stop(self, run: Running, kind: EndReason, message: str) -> None:
+        if run is self.next and kind is EndReason.SHUTDOWN and self.revoke_next("shutdown"):
+            return  # never started: it stays pending
         run.ctx.request_stop(kind, message)
         run.job.phase = RunPhase.STOPPING
         if run.stop_requested_mono is None:
             run.stop_requested_mono = time.monotonic()
         run.stop_changed.set()
 
-    async def _run(self, pj: PendingJob) -> None:
-        # Visible as running from the moment it leaves the queue, so a cancel that arrives
-        # while the claim is being committed still reaches it.
-        ctx = JobContext(pj.job_id, self.executor.board, self._on_progress,
-                         self.executor.clock)
-        run = Running(pj, ctx, "", time.monotonic(), self.sched.settings.job_time_limit_s)
-        self.running = run
-        if self.sched.stopping:
-            self.request_stop(run, EndReason.SHUTDOWN, "interrupted: daemon shut down "
-                              "during run")
+    def of(self, pj: PendingJob) -> Running | None:
+        """The prepared or running record of ``pj``, if the board has or will have it."""
+        for run in (self.running, self.next):
+            if run is not None and run.job is pj:
+                return run
+        return None
+
+    # ---- one job's stages ------------------------------------------------------------
+    async def _job(self, run: Running) -> None:
+        pj = run.job
         try:
-            spec = await self._claim(run)
-        except PreconditionFailed:
-            log.error("%s is not pending in the database (changed by another process?); "
-                      "not running it", pj.job_id)
+            await self._stages(run)
+        except Exception:  # never let one job take the dispatcher down
+            log.exception("dispatching %s failed", pj.job_id)
+            self._release(run)
+            self.sched.finish(pj, Outcome(EndReason.START_FAILED, "internal error while "
+                                          "starting the job; the daemon log has the details"))
+
+    def _release(self, run: Running) -> None:
+        if self.next is run:
+            self.next = None
+        if self.running is run:
             self.running = None
+        self.wake()
+
+    async def _stages(self, run: Running) -> None:
+        pj = run.job
+        try:
+            spec, run.pinned = await self._spec(run)
+        except PreconditionFailed:
+            log.error("%s is not in the database; not running it", pj.job_id)
+            self._release(run)
             self.sched.forget(pj)
             return
         except StoreError as exc:
             log.error("could not start %s (%s); it stays pending", pj.job_id, exc)
-            self.running = None
-            self.sched.requeue(pj)
             await asyncio.sleep(1.0)  # the database is failing: do not spin
+            self._release(run)
+            self.sched.requeue(pj)
             return
         except LabdError as exc:  # e.g. a pinned config version that cannot be read
-            self.running = None
+            self._release(run)
             self.sched.finish(pj, Outcome(EndReason.START_FAILED, exc.message))
             return
+        if run.revoked:
+            return
+        run.handle = handle = self.executor.submit(spec, run.ctx, self._on_log)
+        if not await asyncio.wrap_future(handle.started):
+            outcome = await asyncio.wrap_future(handle.done)
+            if not run.revoked:  # preparing it failed, or it was cancelled meanwhile
+                self._release(run)
+                self.sched.finish(pj, outcome)
+            return
+        # the board has it; only now is it recorded as started (the board did not wait)
+        if self.next is run:
+            self.next = None
+        self.running = run
+        self.wake()   # prepare the one after it
+        run.started_at, run.started_mono = spec.started_at, handle.started_mono
         if pj.phase is RunPhase.STARTING:
             pj.phase = RunPhase.RUNNING
-        acquired, done = self.executor.submit(spec, ctx, self._on_log)
-        await self._prefetch_next()
-        stuck = await self._supervise(run, asyncio.wrap_future(acquired))
-        self.running = None
+        try:
+            await self.sched.states.started(
+                pj.job_id, Store.claim(pj.job_id, spec.started_at, run.versions,
+                                       str(spec.log_path)),
+                started_at=spec.started_at, config_versions=run.versions)
+            handle.set_claimed(True)
+            not_pending = False
+        except StoreError as exc:  # the database does not know it ran: stop it
+            handle.set_claimed(False)
+            not_pending = isinstance(exc, PreconditionFailed)
+            log.error("could not start %s: its start could not be recorded (%s); stopping "
+                      "it%s", pj.job_id, exc, "" if not_pending else ", it stays pending")
+            run.ctx.request_stop(EndReason.SHUTDOWN, f"its start could not be recorded: {exc}")
+        stuck = await self._supervise(run, asyncio.wrap_future(handle.acquired))
+        if self.running is run:
+            self.running = None
+        self.wake()
         if stuck is not None:
             self._flush_logs()
             self.sched.finish(pj, stuck)
             return
+        if not handle.claim_ok:  # its data are dropped: it never ran, as far as it is known
+            await asyncio.wrap_future(handle.done)
+            if not_pending:
+                self.sched.forget(pj)
+            else:
+                pj.attempts += 1
+                await asyncio.sleep(1.0)  # the database is failing: do not spin
+                self.sched.requeue(pj)
+            return
         pj.phase = RunPhase.ANALYZING
         self.analyzing[pj.job_id] = pj
-        self.sched.spawn(self._analyzed(run, asyncio.wrap_future(done)))
-
-    async def _analyzed(self, run: Running, done: asyncio.Future) -> None:
-        """The job's data and fits are saved: record its outcome; the board may take the
-        next job (one more may wait for analysis)."""
-        pj = run.job
-        outcome = await done
+        outcome = await asyncio.wrap_future(handle.done)
         self._flush_logs()
         if outcome.reason is EndReason.COMPLETED:
             self.sched.estimates.note(pj.experiment_class, time.monotonic() - run.started_mono)
@@ -185,44 +296,29 @@ class Dispatcher:
         self.sched.finish(pj, outcome)
         self.wake()
 
-    async def _prefetch_next(self) -> None:
-        """Read the next job's row while this one runs: then the next claim needs no read,
-        and shares one commit with this job's outcome. The fields used (config, pins, time
-        limit) never change after submit; the claim itself is conditional."""
-        nxt = self.sched.queue.peek()
-        self._prefetched = None
-        if nxt is not None:
-            self._prefetched = (nxt.job_id, await self.sched.store.get_job_row(nxt.job_id))
-
-    async def _claim(self, run: Running) -> JobSpec:
-        """Resolve the config versions and durably mark the job running (linked to them)."""
+    async def _spec(self, run: Running) -> tuple[JobSpec, frozenset[str]]:
+        """What the executor needs: the job's stored fields and the config versions it
+        will run with (main as of now; ``main_changing`` takes it back if that changes
+        before the board starts it)."""
         pj, s = run.job, self.sched
-        if self._prefetched is not None and self._prefetched[0] == pj.job_id:
-            row = self._prefetched[1]
-        else:
-            row = await s.store.get_job_row(pj.job_id)
-        self._prefetched = None
+        row = await s.store.get_job_row(pj.job_id)
         if row is None:
             raise PreconditionFailed(f"{pj.job_id} is not in the database")
-        cfg_rows = await s.configs.resolve(json.loads(row["pinned_versions"]))
-        started = utcnow()
+        pins = json.loads(row["pinned_versions"])
+        cfg_rows = await s.configs.resolve(pins)
         out_dir = s.settings.output_root / pj.job_id.split("-")[1]
+        run.versions = {name: r["version_id"] for name, r in cfg_rows.items()}
+        run.time_limit_s = min(row["time_limit_s"] or s.settings.job_time_limit_s,
+                               s.settings.job_time_limit_max_s)
         spec = JobSpec(
             job_id=pj.job_id, user=pj.user, os_user=pj.os_user,
             experiment_module=pj.experiment_module, experiment_class=pj.experiment_class,
             experiment_config=json.loads(row["experiment_config"]), priority=pj.priority,
-            created_at=pj.created_at, started_at=started, batch_id=pj.batch_id,
+            created_at=pj.created_at, started_at="", batch_id=pj.batch_id,
             data_path=out_dir / f"{pj.job_id}.h5", log_path=out_dir / f"{pj.job_id}.log",
-            configs=cfg_rows, output_root=s.settings.output_root)
-        versions = {name: r["version_id"] for name, r in cfg_rows.items()}
-        await s.states.started(pj.job_id, Store.claim(pj.job_id, started, versions,
-                                                      str(spec.log_path)),
-                               started_at=started, config_versions=versions)
-        run.started_at = started
-        run.started_mono = time.monotonic()
-        run.time_limit_s = min(row["time_limit_s"] or s.settings.job_time_limit_s,
-                               s.settings.job_time_limit_max_s)
-        return spec
+            configs=cfg_rows, output_root=s.settings.output_root,
+            resume_log=pj.attempts > 0)
+        return spec, frozenset(pins)
 
     async def _supervise(self, run: Running, fut: asyncio.Future) -> Outcome | None:
         """Wait for the acquisition to end; None once it has, or the outcome of a job

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class RunPhase(StrEnum):
     WAITING = "waiting"       # pending, not runnable yet (see WaitReason)
     QUEUED = "queued"         # pending, in the run order
-    STARTING = "starting"     # left the queue; its start is being committed
+    STARTING = "starting"     # left the queue: being prepared; the board takes it next
     RUNNING = "running"       # the executor has it
     STOPPING = "stopping"     # asked to stop: cancel, time limit, shutdown
     ANALYZING = "analyzing"   # acquired; raw data being saved, then fitted (board free)
