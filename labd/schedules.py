@@ -159,6 +159,29 @@ class Schedules:
         self.items = {r["id"]: Schedule.from_row(r) for r in await self.store.schedules()}
         counter = (await self.store.counters()).get("SCHED", ("-", 0))[1]
         self._last_id = max([counter, *self.items])
+        for s in self.items.values():
+            await self._adopt_unrecorded(s)
+
+    async def _adopt_unrecorded(self, s: Schedule) -> None:
+        """A firing's job is stored before the firing is (two commits): if labd died in
+        between, take that job as the last firing, so it neither fires twice nor piles up."""
+        [row] = await self.store.history(
+            user=None, os_user=None, status=None, experiment=None, since=None,
+            batch_id=batch_id(s.id), before_seq=None, limit=1) or [None]
+        if row is None or row["job_id"] == s.last_job_id:
+            return
+        created = datetime.fromisoformat(row["created_at"]).timestamp()
+        s.last_job_id, s.last_outcome = row["job_id"], "submitted"
+        s.last_fire_at, s.last_message = iso(created), None
+        if s.next_fire <= created:
+            s.next_fire = next_after(s.next_fire, s.every_s, created)
+        log.warning("schedule %d: %s was submitted but its firing not recorded; recorded now",
+                    s.id, row["job_id"])
+        try:
+            await self.store.write(*Store.schedule_fired(
+                s.id, s.last_fire_at, "submitted", s.last_job_id, None, s.next_fire))
+        except StoreError as exc:
+            log.error("schedule %d: firing not recorded: %s", s.id, exc)
 
     async def start(self, app: "AppContext") -> None:
         """Load the schedules and start firing (overdue ones fire once, at once)."""
@@ -240,6 +263,9 @@ class Schedules:
             except LabdError as exc:
                 outcome, message = "failed", exc.message
                 log.warning("schedule %d: not submitted: %s", s.id, message)
+            except Exception:  # recorded and moved on: a due schedule must not spin
+                log.exception("schedule %d: firing failed", s.id)
+                outcome, message = "failed", "internal error; the daemon log has details"
         at = iso(now)
         s.next_fire, s.last_fire_at, s.last_outcome, s.last_message = nxt, at, outcome, message
         if job_id is not None:

@@ -20,6 +20,7 @@ from labd.context import AppContext
 from labd.experiment_loader import ExperimentLoader
 from labd.identity import Peer
 from labd.schedules import Schedules, next_after
+from labd.store import Op
 from labd_client import Client, InvalidParams, NotFound, PermissionDenied
 from sched_harness import ALICE, ROOT, Harness
 
@@ -155,6 +156,27 @@ async def test_catch_up_after_downtime_fires_once(tmp_path):
         assert h.executor.started.empty()
         h.executor.finish(job)
         await h.final(job)
+
+
+async def test_job_stored_but_firing_not_recorded_is_adopted_at_start(tmp_path):
+    """labd died between the job's commit and the firing's: at start the job counts as
+    the last firing (no second job for the same period, no pile-up behind it)."""
+    clock = FakeClock(T0)
+    async with env(tmp_path, clock, Harness(tmp_path)) as (h, sch, app):
+        sid = (await sch.add(call(app, ALICE), add_params()))["schedule_id"]
+        await sch.stop()
+        clock.advance(2 * H)           # due; the job gets stored, then "the crash"
+        orphan = await h.submit(ALICE, batch_id=f"SCHED-{sid}")
+        assert await h.started() == orphan
+        await h.store.write(Op("UPDATE jobs SET created_at = ? WHERE job_id = ?",
+                               ("2026-11-25T14:00:00.5+00:00", orphan)))  # the fake time
+    clock = FakeClock(T0 + 2 * H + 60)
+    async with env(tmp_path, clock, Harness(tmp_path)) as (h, sch, app):
+        [view] = await sch.list()
+        assert view["last_job_id"] == orphan and view["last_outcome"] == "submitted"
+        assert view["next_fire"] == "2026-11-25T16:00:00+00:00"
+        assert h.executor.started.empty()
+        assert [f["job_id"] for f in await sch.fires(sid, 5)] == [orphan]
 
 
 async def test_pause_resume_remove_and_wake_on_change(tmp_path):
