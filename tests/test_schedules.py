@@ -319,3 +319,36 @@ def test_labctl_schedule_round_trip_and_restart(make_daemon):
                        update_main=True, bogus_field=1)
     r = labctl(d, "schedule", "list", "--json")
     assert [s["schedule_id"] for s in json.loads(r.stdout)["schedules"]] == [sid + 1]
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root to switch uid")
+def test_other_accounts_cannot_change_your_schedule(make_daemon):
+    """Identity from the kernel: another account may list but not change a schedule; its
+    own schedule fires as itself; an admin may change anyone's."""
+    from test_permissions import NOBODY, as_uid
+    d = make_daemon(socket_mode=0o666)
+    with Client(d.socket) as c:
+        sid = c.schedule(NOOP["experiment_class"], NOOP["experiment_module"], "2h")[
+            "schedule_id"]
+    ref = {"schedule_id": sid}
+    start = datetime.now(timezone.utc).isoformat()
+    res = as_uid(NOBODY, d.socket, [
+        ("schedule.pause", ref), ("schedule.remove", ref), ("schedule.list", {}),
+        ("schedule.add", {"every_s": 3600, "start": start, "submit": NOOP}),
+        ("schedule.add", {"every_s": 3600, "submit": {**NOOP, "priority": 500}})])
+    for r in res[:2]:
+        assert r["error"]["code"] == PermissionDenied.code
+        assert "owner or an admin" in r["error"]["message"]
+    assert [s["schedule_id"] for s in res[2]["result"]["schedules"]] == [sid]
+    theirs = res[3]["result"]
+    assert theirs["owner"] == "nobody" and theirs["schedule_id"] == sid + 1
+    assert res[4]["error"]["code"] == PermissionDenied.code       # as a submit would be
+    with Client(d.socket) as c:
+        deadline = time.monotonic() + 30
+        while not (jobs := c.history(batch_id=f"SCHED-{sid + 1}")) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        [job] = jobs
+        assert job.os_user == "nobody"                          # fired as its owner
+        assert c.schedule_pause(sid + 1)["paused"] is True      # root is an admin
+        assert [s["schedule_id"] for s in c.schedules()] == [sid, sid + 1]
