@@ -75,7 +75,7 @@ def key_paths(doc: Any, prefix: str = "", limit: int = 100_000) -> list[str]:
     return out
 
 
-def nearest_keys(doc: Any, parts: list[str], n: int = 8) -> list[str]:
+def nearest_keys(doc: Any, parts: list[str], n: int = 5) -> list[str]:
     """Close matches for an unknown key: the children of the deepest prefix that exists,
     and paths spelled nearly the same."""
     found: list[str] = []
@@ -88,8 +88,11 @@ def nearest_keys(doc: Any, parts: list[str], n: int = 8) -> list[str]:
             children = [f"{base}.{k}" if base else str(k) for k in keys]
             found = difflib.get_close_matches(".".join(parts[:depth]), children, n, 0.0)
             break
-    close = difflib.get_close_matches(".".join(parts), key_paths(doc), n, 0.6)
-    return list(dict.fromkeys([*close, *found]))[:n]
+    paths = key_paths(doc)
+    if not any(p.lstrip("-").isdigit() for p in parts):  # list elements only if asked
+        paths = [k for k in paths if not k.rsplit(".", 1)[-1].isdigit()]
+    close = difflib.get_close_matches(".".join(parts), paths, n, 0.6)
+    return list(dict.fromkeys([*found, *close]))[:n]
 
 
 def _value(v: Any) -> Any:

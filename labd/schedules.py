@@ -128,10 +128,15 @@ class _AsOwner:
 
 
 def describe_every(s: float) -> str:
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n and s % n == 0:
-            return f"{int(s // n)}{unit}"
-    return f"{s:g}s"
+    """7200 -> 2h, 5400 -> 1h30m, 90 -> 1m30s, 0.5 -> 0.5s."""
+    if s != int(s):
+        return f"{s:g}s"
+    left, out = int(s), ""
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= n:
+            out += f"{left // n}{unit}"
+            left %= n
+    return out or "0s"
 
 
 class Schedules:
