@@ -3,6 +3,7 @@ Handlers get this (and the caller's identity) instead of reaching into the daemo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config_store import ConfigStore
 from .events import EventBus
@@ -10,6 +11,9 @@ from .experiment_loader import ExperimentLoader
 from .scheduler.core import Scheduler
 from .settings import Settings
 from .store import Store
+
+if TYPE_CHECKING:
+    from .schedules import Schedules
 
 
 @dataclass(frozen=True)
@@ -21,3 +25,4 @@ class AppContext:
     scheduler: Scheduler
     events: EventBus
     started_mono: float
+    schedules: "Schedules | None" = None   # recurring submits (#13)

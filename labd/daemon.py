@@ -22,6 +22,7 @@ from .identity import AdminPolicy
 from .job_log import LogRouter
 from .rpc_server import RpcServer, bind_socket, systemd_socket
 from .scheduler.core import Scheduler
+from .schedules import Schedules
 from .sd_notify import Notifier
 from .settings import Settings
 from .store import Store
@@ -60,10 +61,12 @@ class Daemon:
         interrupted = await self.scheduler.start(counters)
         self.app = AppContext(settings=s, store=self.store, configs=self.configs,
                               loader=self.loader, scheduler=self.scheduler,
-                              events=self.events, started_mono=self.started_mono)
+                              events=self.events, started_mono=self.started_mono,
+                              schedules=Schedules(s, self.store))
         for job_id in interrupted:
             log.warning("%s was running when labd stopped: marked failed (interrupted)", job_id)
         self.events.listeners.append(self._on_event)
+        await self.app.schedules.start(self.app)  # overdue schedules fire once, now
 
         sock = systemd_socket()
         self.socket_activated = sock is not None  # then the socket is systemd's, not ours
@@ -87,6 +90,7 @@ class Daemon:
         log.info("stopping: no new jobs; stopping the running job at a safe point")
         self.notifier.send(stopping=1, status="stopping")
         await self.server.close()
+        await self.app.schedules.stop()   # before the scheduler stops taking jobs
         await self.scheduler.stop()
         await self.server.drain(timeout=10)  # calls in flight finish before the store closes
         if watchdog:

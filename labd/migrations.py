@@ -82,6 +82,32 @@ STEPS: list[list[str]] = [
         " WHEN error_message LIKE 'time limit exceeded%' THEN 'time_limit'"
         " ELSE 'error' END WHERE status = 'failed'",
     ],
+    # (sched) recurring submits (issue #13): the schedule with its validated submit params
+    # (a JSON blob of SubmitParams fields), and one row per firing (submitted/skipped/failed)
+    [
+        "CREATE TABLE schedules ("
+        " id INTEGER PRIMARY KEY,"
+        " owner TEXT NOT NULL,"
+        " owner_uid INTEGER NOT NULL,"
+        " params TEXT NOT NULL,"
+        " every_s REAL NOT NULL,"
+        " next_fire REAL NOT NULL,"
+        " paused INTEGER NOT NULL DEFAULT 0,"
+        " created_at TEXT NOT NULL,"
+        " last_fire_at TEXT,"
+        " last_job_id TEXT,"
+        " last_outcome TEXT,"
+        " last_message TEXT,"
+        " skips INTEGER NOT NULL DEFAULT 0)",
+        "CREATE TABLE schedule_fires ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " schedule_id INTEGER NOT NULL,"
+        " at TEXT NOT NULL,"
+        " outcome TEXT NOT NULL CHECK (outcome IN ('submitted', 'skipped', 'failed')),"
+        " job_id TEXT,"
+        " message TEXT)",
+        "CREATE INDEX schedule_fires_schedule ON schedule_fires(schedule_id, id)",
+    ],
 ]
 VERSION = len(STEPS)
 

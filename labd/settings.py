@@ -101,6 +101,8 @@ class Settings(BaseModel):
     max_log_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
     max_connections: int = Field(4096, ge=8)
+    schedule_min_every_s: float = Field(60.0, gt=0)   # shortest period of a schedule
+    max_schedules_per_user: int = Field(100, ge=1)
 
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":

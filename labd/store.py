@@ -393,3 +393,61 @@ class Store:
     async def running_job_ids(self) -> list[str]:
         rows = await self.fetchall("SELECT job_id FROM jobs WHERE status = 'running'")
         return [r["job_id"] for r in rows]
+
+    # ---- (sched) recurring schedules and config trace, issue #13 -----------------------
+    async def schedules(self) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT * FROM schedules ORDER BY id")
+
+    async def schedule_fires(self, schedule_id: int, limit: int) -> list[aiosqlite.Row]:
+        """A schedule's firings, newest first."""
+        return await self.fetchall(
+            "SELECT at, outcome, job_id, message FROM schedule_fires WHERE schedule_id = ? "
+            "ORDER BY id DESC LIMIT ?", (schedule_id, limit))
+
+    @staticmethod
+    def insert_schedule(sid: int, owner: str, owner_uid: int, params: dict[str, Any],
+                        every_s: float, next_fire: float, created_at: str) -> list[Op]:
+        """The schedule and its ID counter, in one commit (an ID is never handed out
+        twice, even after the newest schedule was removed)."""
+        return [Op("INSERT INTO schedules(id, owner, owner_uid, params, every_s, next_fire,"
+                   " created_at) VALUES (?,?,?,?,?,?,?)",
+                   (sid, owner, owner_uid, json.dumps(params), every_s, next_fire,
+                    created_at)),
+                Store.counter(("SCHED", "-", sid))]
+
+    @staticmethod
+    def set_schedule_state(sid: int, next_fire: float, paused: bool) -> Op:
+        return Op("UPDATE schedules SET next_fire=?, paused=? WHERE id=?",
+                  (next_fire, int(paused), sid), 1)
+
+    @staticmethod
+    def schedule_fired(sid: int, at: str, outcome: str, job_id: str | None,
+                       message: str | None, next_fire: float) -> list[Op]:
+        """Record a firing (submitted, skipped or failed) and move the next fire time, in
+        one commit. A skip keeps last_job_id (the job that is still pending/running)."""
+        return [
+            Op("UPDATE schedules SET next_fire=?, last_fire_at=?, last_outcome=?,"
+               " last_message=?, last_job_id=coalesce(?, last_job_id),"
+               " skips=skips + (? = 'skipped') WHERE id=?",
+               (next_fire, at, outcome, message, job_id, outcome, sid), 1),
+            Op("INSERT INTO schedule_fires(schedule_id, at, outcome, job_id, message) "
+               "VALUES (?,?,?,?,?)", (sid, at, outcome, job_id, message)),
+        ]
+
+    @staticmethod
+    def delete_schedule(sid: int) -> Op:
+        """The schedule goes; its firings stay (the jobs it made keep its batch_id)."""
+        return Op("DELETE FROM schedules WHERE id=?", (sid,), 1)
+
+    async def config_trace_rows(self, type_name: str) -> list[aiosqlite.Row]:
+        """Every change of a type's main, oldest first, with its version's creator (and the
+        job that created it, where config_versions has a created_by_job_id column)."""
+        cols = {r["name"] for r in await self.fetchall("PRAGMA table_info(config_versions)")}
+        job_col = ("v.created_by_job_id" if "created_by_job_id" in cols
+                   else "NULL") + " AS created_by_job_id"
+        return await self.fetchall(
+            "SELECT h.id, h.version_id, h.set_at, h.set_by, v.type, v.sha256, v.filename,"
+            f" v.created_at, v.created_by, {job_col} FROM config_main_history h"
+            " JOIN config_versions v ON v.version_id = h.version_id"
+            " WHERE h.type = ? ORDER BY h.id", (type_name,))
+    # ---- end of (sched) ------------------------------------------------------------------

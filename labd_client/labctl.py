@@ -221,7 +221,100 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("b", help=version)
     csub.add_parser("verify", parents=[common], help="check every snapshot's SHA256")
     csub.add_parser("types", parents=[common], help="config types and their main versions")
+    s = csub.add_parser("trace", parents=[common], help="each value a key has had in main, "
+                        "when, and who (or which job) set it")
+    s.add_argument("type", help=ctype)
+    s.add_argument("key", help="dotted key, list indices as .0 or [0], e.g. "
+                   "device.qubit.pulses.pi_ge.gain[0]")
+    add_schedule_parser(sub, common)
     return ap
+
+
+# ---- (sched) recurring schedules and config trace, issue #13 ---------------------------
+def add_schedule_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    c = sub.add_parser("schedule", help="recurring jobs, e.g. a calibration every 2 h")
+    ssub = c.add_subparsers(dest="schedule_cmd", required=True, metavar="ACTION")
+    s = ssub.add_parser("add", parents=[common], help="submit a job every period, as you "
+                        "(validated now, like labctl submit)")
+    s.add_argument("--every", required=True, metavar="PERIOD",
+                   help="period: 90s, 30m, 2h, 1d, 1h30m (or seconds)")
+    s.add_argument("experiment", help="module.Class, or a class name alone if it is unique")
+    s.add_argument("-c", "--config-file", type=Path, metavar="FILE",
+                   help="expt config (JSON or YAML)")
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="one expt config value (YAML)")
+    s.add_argument("--priority", type=int, metavar="N", help="integer, higher runs first")
+    s.add_argument("--user", help="display name (default: your login)")
+    s.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop each job after this many seconds")
+    s.add_argument("--pin", action="append", default=[], metavar="TYPE=VERSION_ID",
+                   help="run with this config version instead of main")
+    s.add_argument("--update-main", action="store_true",
+                   help="each job's fit results update main (see labctl submit)")
+    s.add_argument("--start", metavar="TIME", help="first firing, ISO time with timezone "
+                   "(default: one period from now); later ones every PERIOD after it")
+    s = ssub.add_parser("list", parents=[common], help="schedules, next fire time, last job")
+    s.add_argument("--mine", action="store_true", help="only your schedules")
+    for name, helptext in (("pause", "stop firing (owner or admin)"),
+                           ("resume", "fire again, from the next period"),
+                           ("remove", "delete a schedule (owner or admin)"),
+                           ("fires", "a schedule's firings, newest first")):
+        s = ssub.add_parser(name, parents=[common], help=helptext)
+        s.add_argument("schedule_id", type=int, metavar="ID", help="schedule ID (integer)")
+
+
+def format_schedule(r: dict[str, Any]) -> str:
+    state = "paused" if r["paused"] else f"next {r['next_fire']}"
+    last = (f"last {r['last_job_id']} ({r['last_job_status']})" if r["last_job_id"]
+            else "no job yet")
+    if r["last_outcome"] in ("skipped", "failed"):
+        last += f"; last firing {r['last_outcome']}: {r['last_message']}"
+    skips = f", {r['skips']} skipped" if r["skips"] else ""
+    return (f"{r['schedule_id']:>4}  every {r['every']:<6} {r['experiment']}  "
+            f"{r['owner']}  {state}  {last}{skips}")
+
+
+def run_schedule(args: argparse.Namespace, c: Client) -> int:
+    a = args.schedule_cmd
+    if a == "add":
+        module, cls = resolve_experiment(c, args.experiment)
+        pins = dict(p.split("=", 1) for p in args.pin)
+        extra = {"update_main": True} if args.update_main else {}
+        r = c.schedule(cls, module, args.every,
+                       load_expt_config(args.config_file, args.param), start=args.start,
+                       user=args.user, priority=args.priority, time_limit_s=args.time_limit,
+                       config_versions=pins or None, **extra)
+        _out(args, r, f"schedule {r['schedule_id']}: {r['experiment']} every {r['every']}, "
+             f"first at {r['next_fire']}")
+    elif a == "list":
+        os_user = c.health()["you"] if args.mine else None
+        r = c.schedules(os_user)
+        _out(args, {"schedules": r}, "\n".join(map(format_schedule, r)) or "(no schedules)")
+    elif a in ("pause", "resume"):
+        r = getattr(c, f"schedule_{a}")(args.schedule_id)
+        _out(args, r, format_schedule(r))
+    elif a == "remove":
+        r = c.schedule_remove(args.schedule_id)
+        _out(args, r, f"schedule {r['schedule_id']} removed")
+    elif a == "fires":
+        r = c.schedule_fires(args.schedule_id)
+        _out(args, {"schedule_id": args.schedule_id, "fires": r}, "\n".join(
+            f"{f['at']}  {f['outcome']:<9} {f['job_id'] or ''}  {f['message'] or ''}".rstrip()
+            for f in r) or "(not fired yet)")
+    return 0
+
+
+def format_trace(changes: list[dict[str, Any]]) -> str:
+    out = []
+    for ch in changes:
+        who = ch["created_by"] + (f" (job {ch['created_by_job_id']})"
+                                  if ch.get("created_by_job_id") else "")
+        value = "(absent)" if ch.get("absent") else json.dumps(ch["value"])
+        out.append(f"{ch['since']}  {ch['version_id']}  {value}  by {who}"
+                   + (f", made main by {ch['set_by']}" if ch["set_by"] != ch["created_by"]
+                      else ""))
+    return "\n".join(out)
+# ---- end of (sched) --------------------------------------------------------------------
 
 
 def _json_error(kind: str, message: str, exit_code: int, code: int | None = None) -> None:
@@ -344,6 +437,8 @@ def run(args: argparse.Namespace, c: Client) -> int:
         return 0
     if cmd == "config":
         return run_config(args, c)
+    if cmd == "schedule":
+        return run_schedule(args, c)
     raise ValueError(f"unknown command {cmd}")
 
 
@@ -387,6 +482,9 @@ def run_config(args: argparse.Namespace, c: Client) -> int:
             "all OK" if r["ok"] else "\n".join(f"BAD {b['version_id']}: {b['error']}"
                                                for b in r["bad"])))
         return 0 if r["ok"] else 1
+    elif a == "trace":
+        r = c.config_trace(args.type, args.key)
+        _out(args, {"type": args.type, "key": args.key, "changes": r}, format_trace(r))
     elif a == "types":
         r = c.config_types()
         _out(args, r, "\n".join(f"{t['name']:<24} {t['code']:<4} {t['format']:<5} "

@@ -154,10 +154,71 @@ def config_types() -> Req:
     return Req("config.types", {}, lambda r: r["types"])
 
 
+# ---- (sched) recurring schedules and config trace, issue #13 ---------------------------
+def parse_every(every: str | float) -> float:
+    """A period as seconds: a number (seconds) or ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``."""
+    if isinstance(every, (int, float)):
+        return float(every)
+    import re
+    text = every.strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"every {every!r}: give a period like 90s, 30m, 2h, 1d or 1h30m")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def schedule(experiment_class: str, experiment_module: str, every: str | float,
+             expt_config: dict[str, Any] | None = None, *, start: str | None = None,
+             **submit: Any) -> Req:
+    """Submit this job every ``every`` (seconds, or "2h", "30m", "1d"), as you, from
+    ``start`` (ISO time with timezone; default: one period from now). ``submit`` takes
+    submit()'s keyword arguments (priority, config_versions, time_limit_s, update_main...);
+    the daemon validates them now, as a submit. Returns the schedule (its schedule_id)."""
+    return Req("schedule.add", clean(
+        every_s=parse_every(every), start=start,
+        submit=submit_params(experiment_class, experiment_module, expt_config, **submit)))
+
+
+def schedules(os_user: str | None = None) -> Req:
+    """Schedules with next fire time, last job and its status, skips."""
+    return Req("schedule.list", clean(os_user=os_user), lambda r: r["schedules"])
+
+
+def schedule_pause(schedule_id: int) -> Req:
+    return Req("schedule.pause", {"schedule_id": schedule_id})
+
+
+def schedule_resume(schedule_id: int) -> Req:
+    return Req("schedule.resume", {"schedule_id": schedule_id})
+
+
+def schedule_remove(schedule_id: int) -> Req:
+    return Req("schedule.remove", {"schedule_id": schedule_id})
+
+
+def schedule_fires(schedule_id: int, limit: int = 20) -> Req:
+    """A schedule's firings, newest first (submitted with its job, skipped, failed)."""
+    return Req("schedule.fires", {"schedule_id": schedule_id, "limit": limit},
+               lambda r: r["fires"])
+
+
+def config_trace(type: str, key: str) -> Req:
+    """Each value a key (dotted path, list indices as .0 or [0]) has had in main, oldest
+    first: value, version_id, since (when it became main), set_by, created_by,
+    created_by_job_id."""
+    return Req("config.trace", {"type": type, "key": key}, lambda r: r["changes"])
+
+
+SCHED_VERBS = [schedule, schedules, schedule_pause, schedule_resume, schedule_remove,
+               schedule_fires, config_trace]
+# ---- end of (sched) --------------------------------------------------------------------
+
+
 VERBS = [health, submit, submit_batch, get, cancel, cancel_batch, cancel_user, rerun, retry,
          hold, release, set_priority, pause, resume, queue, history, logs, experiments,
          config_push, config_pull, config_versions, config_show, config_set_main,
-         config_history, config_diff, config_verify, config_types]
+         config_history, config_diff, config_verify, config_types, *SCHED_VERBS]
 
 
 def data_path(job: JobResult) -> str:

@@ -68,4 +68,5 @@ def rpc(name: str, params: type[BaseModel] = NoParams):
 def load_methods() -> dict[str, Callable[..., Awaitable[Any]]]:
     """Import every area so its methods register; returns the method table."""
     from . import configs, jobs, queue  # noqa: F401
+    from . import schedules  # noqa: F401  (sched, #13)
     return METHODS

@@ -55,3 +55,15 @@ async def config_types(call: Call, p: NoParams) -> dict[str, Any]:
     c = call.app.configs
     return {"types": [{**t.model_dump(), "main": c.main.get(t.name)}
                       for t in c.types.values()]}
+
+
+# ---- (sched) the history of one parameter, issue #13 -----------------------------------
+from .params import ConfigTrace  # noqa: E402  (kept inside this block)
+
+
+@rpc("config.trace", ConfigTrace)
+async def config_trace(call: Call, p: ConfigTrace) -> dict[str, Any]:
+    """Each value ``p.key`` has had in main, oldest first, with when, version and who."""
+    from ..config_trace import trace
+    return await trace(call.app.configs, p.type, p.key, p.limit)
+# ---- end of (sched) ----------------------------------------------------------------------

@@ -156,3 +156,34 @@ class ConfigList(ConfigTypeRef):
 class ConfigDiff(_P):
     a: VersionId
     b: VersionId
+
+
+# ---- (sched) recurring schedules and config trace, issue #13 -----------------------------
+class ScheduleAdd(_P):
+    """A recurring submit: ``submit`` takes exactly what submit takes (validated as one)."""
+    every_s: float = Field(gt=0, le=366 * 86400)
+    submit: SubmitParams
+    start: UtcTime | None = None     # first firing; default: one period from now
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _aware(cls, v: Any) -> Any:
+        return SubmitParams._aware(v)
+
+
+class ScheduleRef(_P):
+    schedule_id: int = Field(ge=1, le=MAX_INT)
+
+
+class ScheduleList(_P):
+    os_user: str | None = Field(None, max_length=64)
+
+
+class ScheduleFires(ScheduleRef):
+    limit: int = Field(20, ge=1, le=10_000)
+
+
+class ConfigTrace(ConfigTypeRef):
+    key: str = Field(min_length=1, max_length=1024)
+    limit: int = Field(10_000, ge=1, le=100_000)   # main changes looked at, newest first
+# ---- end of (sched) ----------------------------------------------------------------------
