@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .config_store import ConfigStore
 from .events import EventBus
 from .experiment_loader import ExperimentLoader
+from .notify import WebhookSender
 from .scheduler.core import Scheduler
 from .settings import Settings
 from .store import Store
@@ -21,3 +22,4 @@ class AppContext:
     scheduler: Scheduler
     events: EventBus
     started_mono: float
+    webhooks: WebhookSender | None = None   # job/batch-end notifications (#12)

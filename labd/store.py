@@ -393,3 +393,40 @@ class Store:
     async def running_job_ids(self) -> list[str]:
         rows = await self.fetchall("SELECT job_id FROM jobs WHERE status = 'running'")
         return [r["job_id"] for r in rows]
+
+    # ---- notification targets (notify branch, issue #12; labd/notify.py) ----------------
+    async def notify_targets(self) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT * FROM notify_targets ORDER BY created_at, id")
+
+    @staticmethod
+    def insert_notify_target(target_id: str, os_uid: int, os_user: str, url: str, on: str,
+                             created_at: str, max_per_user: int) -> Op:
+        """Refused (PreconditionFailed) if the account already has ``max_per_user``."""
+        return Op("INSERT INTO notify_targets(id, os_uid, os_user, url, on_filter, created_at)"
+                  " SELECT ?, ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM notify_targets"
+                  " WHERE os_uid = ?) < ?",
+                  (target_id, os_uid, os_user, url, on, created_at, os_uid, max_per_user), 1)
+
+    @staticmethod
+    def delete_notify_target(target_id: str) -> Op:
+        return Op("DELETE FROM notify_targets WHERE id = ?", (target_id,), 1)
+
+    @staticmethod
+    def record_notify_delivery(target_id: str, status: str | None, error: str | None,
+                               attempt_at: str, ok_at: str | None) -> Op:
+        return Op("UPDATE notify_targets SET last_status=?, last_error=?, last_attempt_at=?,"
+                  " last_ok_at=? WHERE id=?", (status, error, attempt_at, ok_at, target_id))
+
+    async def notify_job_row(self, job_id: str) -> aiosqlite.Row | None:
+        """What a job-end message says about a job (one indexed read)."""
+        return await self.fetchone(
+            "SELECT job_id, status, end_reason, user, os_user, os_uid, experiment_class,"
+            " experiment_module, batch_id, created_at, started_at, finished_at,"
+            " error_message, data_file_path FROM jobs WHERE job_id = ?", (job_id,))
+
+    async def notify_batch_counts(self, batch_id: str) -> dict[str, int]:
+        """Jobs of one batch by status (the jobs_batch index: that batch's rows only)."""
+        rows = await self.fetchall("SELECT status, count(*) AS n FROM jobs WHERE batch_id = ?"
+                                   " GROUP BY status", (batch_id,))
+        return {r["status"]: r["n"] for r in rows}
+    # ---- end of notification targets ------------------------------------------------

@@ -68,4 +68,5 @@ def rpc(name: str, params: type[BaseModel] = NoParams):
 def load_methods() -> dict[str, Callable[..., Awaitable[Any]]]:
     """Import every area so its methods register; returns the method table."""
     from . import configs, jobs, queue  # noqa: F401
+    from . import notify  # noqa: F401  (notify branch, issue #12)
     return METHODS

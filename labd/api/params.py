@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -156,3 +156,21 @@ class ConfigList(ConfigTypeRef):
 class ConfigDiff(_P):
     a: VersionId
     b: VersionId
+
+
+# ---- notifications (notify branch, issue #12) -----------------------------------------
+NOTIFY_ID_RE = r"^NTF-[0-9a-f]{8}$"
+
+
+class NotifyAdd(_P):
+    url: str = Field(min_length=1, max_length=2048)
+    on: Literal["all", "failures", "batch"] = "all"
+
+
+class NotifyRef(_P):
+    id: str = Field(pattern=NOTIFY_ID_RE, max_length=16)
+
+
+class NotifyList(_P):
+    all: bool = False   # admins: every account's targets
+# ---- end of notifications ----------------------------------------------------------------
