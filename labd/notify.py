@@ -190,7 +190,7 @@ class WebhookSender:
         self._slots = asyncio.Semaphore(settings.notify_concurrency)
         self._tasks: set[asyncio.Task] = set()
         self._worker: asyncio.Task | None = None
-        self._batches_done: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._batches_done: OrderedDict[str, int] = OrderedDict()  # batch -> newest seq
         self._ssl: ssl.SSLContext | None = None
 
     # ---- life cycle -----------------------------------------------------------------
@@ -288,20 +288,33 @@ class WebhookSender:
             return
         batch_msg = None
         if row["batch_id"] and any(t.on == "batch" for t in mine):
-            counts = await self.store.notify_batch_counts(row["batch_id"])
-            if not counts.get("pending") and not counts.get("running"):
-                key = (row["batch_id"], sum(counts.values()))  # a retry into it: new total
-                if key not in self._batches_done:
-                    self._batches_done[key] = None
-                    if len(self._batches_done) > self.BATCHES_REMEMBERED:
-                        self._batches_done.popitem(last=False)
-                    batch_msg = batch_message(row["batch_id"], row, counts)
+            batch_msg = await self._batch_done(row)
         job_msg = job_message(row)
         for t in mine:
             if t.on == "all" or (t.on == "failures" and row["status"] == "failed"):
                 await self._spawn(t, job_msg)
             elif t.on == "batch" and batch_msg is not None:
                 await self._spawn(t, batch_msg)
+
+    async def _batch_done(self, row: Any) -> dict[str, Any] | None:
+        """The batch message if this job's end finished its batch, once per batch. A job
+        the batch message already covered (its seq is not newer than the newest job the
+        batch had then) costs nothing; a ``retry`` into a finished batch adds a newer job,
+        whose end reports the batch done again, with the new total."""
+        batch_id = row["batch_id"]
+        covered = self._batches_done.get(batch_id)
+        if covered is not None and row["seq"] <= covered:
+            return None
+        if await self.store.notify_batch_unfinished(batch_id):
+            return None
+        counts, newest = await self.store.notify_batch_counts(batch_id)
+        if counts.get("pending") or counts.get("running"):  # a retry came in meanwhile
+            return None
+        self._batches_done[batch_id] = newest
+        self._batches_done.move_to_end(batch_id)
+        if len(self._batches_done) > self.BATCHES_REMEMBERED:
+            self._batches_done.popitem(last=False)
+        return batch_message(batch_id, row, counts)
 
     async def _spawn(self, t: Target, message: dict[str, Any]) -> None:
         """Wait for a free delivery slot (the queue absorbs events meanwhile), then

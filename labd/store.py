@@ -420,13 +420,21 @@ class Store:
     async def notify_job_row(self, job_id: str) -> aiosqlite.Row | None:
         """What a job-end message says about a job (one indexed read)."""
         return await self.fetchone(
-            "SELECT job_id, status, end_reason, user, os_user, os_uid, experiment_class,"
+            "SELECT seq, job_id, status, end_reason, user, os_user, os_uid, experiment_class,"
             " experiment_module, batch_id, created_at, started_at, finished_at,"
             " error_message, data_file_path FROM jobs WHERE job_id = ?", (job_id,))
 
-    async def notify_batch_counts(self, batch_id: str) -> dict[str, int]:
-        """Jobs of one batch by status (the jobs_batch index: that batch's rows only)."""
-        rows = await self.fetchall("SELECT status, count(*) AS n FROM jobs WHERE batch_id = ?"
-                                   " GROUP BY status", (batch_id,))
-        return {r["status"]: r["n"] for r in rows}
+    async def notify_batch_unfinished(self, batch_id: str) -> bool:
+        """Whether a job of the batch is still pending or running. The jobs_batch index,
+        walked from the batch's newest job: while a batch runs in submit order that is
+        the first row looked at, so each job end costs O(1), not a scan of the batch."""
+        return await self.fetchone(
+            "SELECT 1 FROM jobs WHERE batch_id = ? AND status IN ('pending', 'running')"
+            " ORDER BY seq DESC LIMIT 1", (batch_id,)) is not None
+
+    async def notify_batch_counts(self, batch_id: str) -> tuple[dict[str, int], int]:
+        """Jobs of one batch by status, and its newest job's seq (once per batch end)."""
+        rows = await self.fetchall("SELECT status, count(*) AS n, max(seq) AS last FROM jobs"
+                                   " WHERE batch_id = ? GROUP BY status", (batch_id,))
+        return {r["status"]: r["n"] for r in rows}, max((r["last"] for r in rows), default=0)
     # ---- end of notification targets ------------------------------------------------

@@ -200,11 +200,22 @@ def test_batch_filter_posts_once_per_batch(make_daemon, receiver):
         assert (msg["batch"]["total"], msg["batch"]["completed"],
                 msg["batch"]["failed"]) == (3, 2, 1)
         assert b["batch_id"] in msg["text"] and "done" in msg["text"]
+        # a retry joins its batch: when it ends, the batch is reported done again
+        again = c.retry(b["job_ids"][2])
+        c.wait(again, timeout=30)
+        msg = rx.get()
+        assert (msg["batch"]["batch_id"], msg["batch"]["total"], msg["batch"]["failed"],
+                msg["batch"]["last_job_id"]) == (b["batch_id"], 4, 2, again)
         b2 = c.submit_batch([NOOP])
         c.wait(b2["job_ids"][0], timeout=30)
         assert rx.get()["batch"]["batch_id"] == b2["batch_id"]
+        # a batch cancelled at once: its job ends arrive together, one message
+        b3 = c.submit_batch([{**NOOP, "hold": True}] * 5)
+        assert len(c.cancel_batch(b3["batch_id"])["cancelled"]) == 5
+        msg = rx.get()
+        assert (msg["batch"]["batch_id"], msg["batch"]["cancelled"]) == (b3["batch_id"], 5)
         idle(c)
-        assert len(rx.requests) == 2  # exactly one message per batch
+        assert len(rx.requests) == 4  # exactly one message per batch end
 
 
 def test_url_not_on_allow_list_is_refused(make_daemon, receiver):
