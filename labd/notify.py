@@ -411,9 +411,16 @@ class WebhookSender:
             return f"TLS error: {exc.reason or exc}"
         except OSError as exc:
             return f"cannot reach {ep.host}:{ep.port}: {exc.strerror or exc}"
+        except ValueError:  # a status line longer than the stream limit
+            return "the receiver's answer is not HTTP/1.x"
+        except Exception as exc:  # never let a delivery die unrecorded
+            log.exception("webhook POST to %s", ep.display())
+            return f"failed: {type(exc).__name__}"
         finally:
             if writer is not None:
                 writer.close()
+        if not line:
+            return "the receiver closed the connection without an answer"
         m = _STATUS_LINE.match(line)
         if not m:
             return "the receiver's answer is not HTTP/1.x"

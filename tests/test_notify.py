@@ -433,3 +433,72 @@ def test_labctl_notify_round_trip(make_daemon, receiver):
     r = labctl("remove", "not-an-id")
     assert r.returncode == 2
     assert "no notification targets" in labctl("list").stdout
+
+
+async def test_post_errors_are_reported_not_raised():
+    """The HTTP POST itself, against odd receivers: each failure is a short reason."""
+    import asyncio
+    from labd.notify import WebhookSender
+    from labd.settings import Settings
+
+    async def consume(reader):  # the whole request: closing with unread data resets
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+
+    async def closer(reader, writer):
+        await consume(reader)
+        writer.close()
+
+    async def garbage(reader, writer):
+        await consume(reader)
+        writer.write(b"SSH-2.0-OpenSSH\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def redirect(reader, writer):
+        await consume(reader)
+        writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\n\r\n")
+        await writer.drain()
+        writer.close()
+    async def plain(reader, writer):  # answers at once, whatever came (a TLS hello)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0)
+               for h in (closer, garbage, redirect, plain)]
+    ports = [srv.sockets[0].getsockname()[1] for srv in servers]
+    try:
+        sender = WebhookSender(Settings(notify_allowed_hosts=[f"127.0.0.1:{p}" for p in ports],
+                                        notify_timeout_s=5), store=None)  # type: ignore
+        msg = {"text": "hi"}
+        closed, bad, moved = [await sender.post(f"http://127.0.0.1:{p}/", msg)
+                              for p in ports[:3]]
+        assert "closed the connection" in closed
+        assert "not HTTP" in bad
+        assert moved == "HTTP 302"  # redirects are not followed off the allow-list
+        tls = await sender.post(f"https://127.0.0.1:{ports[3]}/", msg)  # not TLS there
+        assert tls is not None and ("TLS" in tls or "reach" in tls), tls
+        assert "not on" in await sender.post("http://127.0.0.1:1/", msg)
+    finally:
+        for srv in servers:
+            srv.close()
+
+
+def test_async_client_notify_verbs(make_daemon, receiver):
+    import asyncio
+    from labd_client import AsyncClient
+    rx = receiver()
+    d = make_daemon(notify_allowed_hosts=[f"127.0.0.1:{rx.port}"], **FAST)
+
+    async def go():
+        async with AsyncClient(d.socket) as c:
+            t = await c.notify(rx.url, on="batch")
+            assert [x["id"] for x in await c.notify_list()] == [t["id"]]
+            assert (await c.notify_test(t["id"]))["ok"] is True
+            st = await c.notify_status()
+            assert st["enabled"] and st["targets"][0]["delivered"] == 1
+            assert (await c.notify_remove(t["id"]))["removed"] is True
+            assert await c.notify_list() == []
+    asyncio.run(go())
+    assert rx.get()["event"] == "test"
