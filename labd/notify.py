@@ -134,6 +134,8 @@ class Target:
     delivered: int = 0
     failed: int = 0
     failing: bool = field(default=False, repr=False)  # last message gave up: 1 try only
+    stored: tuple = field(default=(), repr=False)     # (status, error) last persisted
+    stored_at: float = field(default=0.0, repr=False)  # loop time of that write
 
     def public(self, full_url: bool) -> dict[str, Any]:
         return {"id": self.id, "os_user": self.os_user, "on": self.on,
@@ -153,6 +155,8 @@ def job_message(row: Any) -> dict[str, Any]:
                                "experiment_class", "experiment_module", "batch_id",
                                "created_at", "started_at", "finished_at", "error_message",
                                "data_file_path")}
+    if job["error_message"] and len(job["error_message"]) > 4000:
+        job["error_message"] = job["error_message"][:4000] + "…"
     text = f"labd: {job['job_id']} {job['experiment_class']} ({job['user']}) {job['status']}"
     if job["status"] != "completed" and job["error_message"]:
         text += f": {job['error_message'][:500]}"
@@ -175,6 +179,7 @@ class WebhookSender:
     """Targets, the bounded event queue, the worker and the delivery tasks."""
 
     BATCHES_REMEMBERED = 10_000
+    PERSIST_EVERY_S = 60.0
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
@@ -200,7 +205,8 @@ class WebhookSender:
                 id=r["id"], os_uid=r["os_uid"], os_user=r["os_user"], url=r["url"],
                 on=r["on_filter"], created_at=r["created_at"], last_status=r["last_status"],
                 last_error=r["last_error"], last_attempt_at=r["last_attempt_at"],
-                last_ok_at=r["last_ok_at"], failing=r["last_status"] == "failed")
+                last_ok_at=r["last_ok_at"], failing=r["last_status"] == "failed",
+                stored=(r["last_status"], r["last_error"]))
         self._worker = asyncio.create_task(self._run(), name="webhook-sender")
 
     async def stop(self, timeout: float) -> None:
@@ -363,16 +369,26 @@ class WebhookSender:
         now = utcnow()
         t.last_attempt_at = now
         if error is None:
+            if t.failing:
+                log.info("notification %s to %s works again", t.id, redact(t.url))
             t.delivered += 1
             self.delivered += 1
             t.last_status, t.last_error, t.last_ok_at, t.failing = "ok", None, now, False
         else:
+            if not t.failing or t.last_error != error:  # once per change, not per message
+                log.warning("notification %s to %s failed: %s", t.id, redact(t.url), error)
             t.failed += 1
             self.failed += 1
             t.last_status, t.last_error, t.failing = "failed", error, True
-            log.warning("notification %s to %s failed: %s", t.id, redact(t.url), error)
         if final:
             return  # shutting down: the store may be gone next
+        # stored when the outcome changes, else at most once a minute: a flood of job ends
+        # must not become a flood of commits
+        loop_now = asyncio.get_running_loop().time()
+        key = (t.last_status, t.last_error)
+        if key == t.stored and loop_now - t.stored_at < self.PERSIST_EVERY_S:
+            return
+        t.stored, t.stored_at = key, loop_now
         try:
             await self.store.write(Store.record_notify_delivery(
                 t.id, t.last_status, t.last_error, now, t.last_ok_at))
