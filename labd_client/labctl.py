@@ -239,7 +239,7 @@ def add_notify_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s = nsub.add_parser("list", parents=[common], help="your notification targets")
     s.add_argument("--all", action="store_true", help="admins: every account's")
     for name, helptext in (("remove", "stop notifying a target"),
-                           ("test", "send a test message now")):
+                           ("test", "send a test message now (exit 1 if it failed)")):
         s = nsub.add_parser(name, parents=[common], help=helptext)
         s.add_argument("id", help=target)
     s = nsub.add_parser("status", parents=[common], help="delivery queue and each target's "

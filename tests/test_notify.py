@@ -502,3 +502,17 @@ def test_async_client_notify_verbs(make_daemon, receiver):
             assert await c.notify_list() == []
     asyncio.run(go())
     assert rx.get()["event"] == "test"
+
+
+def test_job_a_crash_interrupted_is_reported_after_restart(make_daemon, receiver):
+    rx = receiver()
+    d = make_daemon(notify_allowed_hosts=[f"127.0.0.1:{rx.port}"], **FAST)
+    with Client(d.socket) as c:
+        c.notify(rx.url, on="failures")
+        job = c.submit("SleepExperiment", "experiments.diagnostics.sleep",
+                       {"seconds": 60, "steps": 600})
+        until(lambda: c.get(job).status == "running", what="the job to run")
+    d.kill()
+    d.start()
+    msg = rx.get()
+    assert msg["job"]["job_id"] == job and msg["job"]["end_reason"] == "crash"
