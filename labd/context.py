@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from .config_store import ConfigStore
 from .events import EventBus
 from .experiment_loader import ExperimentLoader
+from .notify import WebhookSender
 from .scheduler.core import Scheduler
 from .settings import Settings
 from .store import Store
@@ -26,3 +27,4 @@ class AppContext:
     events: EventBus
     started_mono: float
     schedules: "Schedules | None" = None   # recurring submits (#13)
+    webhooks: WebhookSender | None = None   # job/batch-end notifications (#12)

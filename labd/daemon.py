@@ -20,6 +20,7 @@ from .hardware import make_board
 from .hardware.setpoint import Setpoint
 from .identity import AdminPolicy
 from .job_log import LogRouter
+from .notify import WebhookSender
 from .rpc_server import RpcServer, bind_socket, systemd_socket
 from .scheduler.core import Scheduler
 from .schedules import Schedules
@@ -47,6 +48,10 @@ class Daemon:
             d.mkdir(parents=True, exist_ok=True)
         self.store = Store(s.db_path)
         await self.store.open()
+        # notifications listen before recovery, so jobs a crash interrupted notify too
+        self.webhooks = WebhookSender(s, self.store)
+        await self.webhooks.start()
+        self.events.listeners.append(self.webhooks.on_event)
         counters = await self.store.counters()
         self.configs = ConfigStore(s, self.store)
         await self.configs.open(counters)
@@ -62,7 +67,7 @@ class Daemon:
         self.app = AppContext(settings=s, store=self.store, configs=self.configs,
                               loader=self.loader, scheduler=self.scheduler,
                               events=self.events, started_mono=self.started_mono,
-                              schedules=Schedules(s, self.store))
+                              schedules=Schedules(s, self.store), webhooks=self.webhooks)
         for job_id in interrupted:
             log.warning("%s was running when labd stopped: marked failed (interrupted)", job_id)
         self.events.listeners.append(self._on_event)
@@ -93,6 +98,7 @@ class Daemon:
         await self.app.schedules.stop()   # before the scheduler stops taking jobs
         await self.scheduler.stop()
         await self.server.drain(timeout=10)  # calls in flight finish before the store closes
+        await self.webhooks.stop(s.notify_drain_s)  # bounded: a dead receiver waits no longer
         if watchdog:
             watchdog.cancel()
         self.executor.shutdown()

@@ -108,6 +108,22 @@ STEPS: list[list[str]] = [
         " message TEXT)",
         "CREATE INDEX schedule_fires_schedule ON schedule_fires(schedule_id, id)",
     ],
+    # (notify branch) per-account webhook targets for job/batch-end notifications (#12);
+    # last_* is each target's latest delivery outcome, shown by `labctl notify status`
+    [
+        "CREATE TABLE notify_targets ("
+        " id TEXT PRIMARY KEY,"
+        " os_uid INTEGER NOT NULL,"
+        " os_user TEXT NOT NULL,"
+        " url TEXT NOT NULL,"
+        " on_filter TEXT NOT NULL CHECK (on_filter IN ('all', 'failures', 'batch')),"
+        " created_at TEXT NOT NULL,"
+        " last_status TEXT,"
+        " last_error TEXT,"
+        " last_attempt_at TEXT,"
+        " last_ok_at TEXT,"
+        " UNIQUE (os_uid, url, on_filter))",
+    ],
 ]
 VERSION = len(STEPS)
 

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -24,6 +24,23 @@ def default_state_dir() -> Path:
 def default_socket_path() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     return (Path(runtime) / "labd" if runtime else default_state_dir()) / "labd.sock"
+
+
+def parse_host_entry(entry: str) -> tuple[str, int | None]:
+    """A ``notify_allowed_hosts`` entry, ``host`` or ``host:port`` (IPv6 in brackets), as
+    the (lower-case host name, port or None) pair a webhook URL is compared with."""
+    from urllib.parse import urlsplit
+    text = entry.strip()
+    if not text or any(c in text for c in "/@?#\\ ") or not text.isascii():
+        raise ValueError(f"notify_allowed_hosts: {entry!r} is not a host or host:port")
+    u = urlsplit("//" + text)
+    try:
+        port = u.port
+    except ValueError:
+        raise ValueError(f"notify_allowed_hosts: {entry!r} has a bad port") from None
+    if not u.hostname:
+        raise ValueError(f"notify_allowed_hosts: {entry!r} is not a host or host:port")
+    return u.hostname, port
 
 
 class ConfigType(BaseModel):
@@ -103,6 +120,25 @@ class Settings(BaseModel):
     max_connections: int = Field(4096, ge=8)
     schedule_min_every_s: float = Field(60.0, gt=0)   # shortest period of a schedule
     max_schedules_per_user: int = Field(100, ge=1)
+
+    # ---- notifications (labd/notify.py, issue #12) ----
+    # hosts webhooks may go to: "host" (default port of http/https) or "host:port";
+    # empty: webhooks disabled. Clients can never name a host not listed here.
+    notify_allowed_hosts: list[str] = []
+    notify_queue_max: int = Field(1000, ge=1)        # job-end events waiting; more: dropped
+    notify_retries: int = Field(3, ge=0, le=20)      # after the first attempt
+    notify_backoff_s: float = Field(2.0, ge=0, le=3600)  # before retry 1; doubled each time
+    notify_timeout_s: float = Field(10.0, gt=0, le=300)  # per attempt: connect to answer
+    notify_concurrency: int = Field(4, ge=1, le=64)  # deliveries at a time
+    notify_max_targets_per_user: int = Field(20, ge=1, le=1000)
+    notify_drain_s: float = Field(2.0, ge=0, le=60)  # at shutdown, then unsent are dropped
+
+    @field_validator("notify_allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            parse_host_entry(entry)
+        return [e.strip() for e in v]
 
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":

@@ -451,3 +451,47 @@ class Store:
             " JOIN config_versions v ON v.version_id = h.version_id"
             " WHERE h.type = ? ORDER BY h.id", (type_name,))
     # ---- end of (sched) ------------------------------------------------------------------
+    # ---- notification targets (notify branch, issue #12; labd/notify.py) ----------------
+    async def notify_targets(self) -> list[aiosqlite.Row]:
+        return await self.fetchall("SELECT * FROM notify_targets ORDER BY created_at, id")
+
+    @staticmethod
+    def insert_notify_target(target_id: str, os_uid: int, os_user: str, url: str, on: str,
+                             created_at: str, max_per_user: int) -> Op:
+        """Refused (PreconditionFailed) if the account already has ``max_per_user``."""
+        return Op("INSERT INTO notify_targets(id, os_uid, os_user, url, on_filter, created_at)"
+                  " SELECT ?, ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM notify_targets"
+                  " WHERE os_uid = ?) < ?",
+                  (target_id, os_uid, os_user, url, on, created_at, os_uid, max_per_user), 1)
+
+    @staticmethod
+    def delete_notify_target(target_id: str) -> Op:
+        return Op("DELETE FROM notify_targets WHERE id = ?", (target_id,), 1)
+
+    @staticmethod
+    def record_notify_delivery(target_id: str, status: str | None, error: str | None,
+                               attempt_at: str, ok_at: str | None) -> Op:
+        return Op("UPDATE notify_targets SET last_status=?, last_error=?, last_attempt_at=?,"
+                  " last_ok_at=? WHERE id=?", (status, error, attempt_at, ok_at, target_id))
+
+    async def notify_job_row(self, job_id: str) -> aiosqlite.Row | None:
+        """What a job-end message says about a job (one indexed read)."""
+        return await self.fetchone(
+            "SELECT seq, job_id, status, end_reason, user, os_user, os_uid, experiment_class,"
+            " experiment_module, batch_id, created_at, started_at, finished_at,"
+            " error_message, data_file_path FROM jobs WHERE job_id = ?", (job_id,))
+
+    async def notify_batch_unfinished(self, batch_id: str) -> bool:
+        """Whether a job of the batch is still pending or running. The jobs_batch index,
+        walked from the batch's newest job: while a batch runs in submit order that is
+        the first row looked at, so each job end costs O(1), not a scan of the batch."""
+        return await self.fetchone(
+            "SELECT 1 FROM jobs WHERE batch_id = ? AND status IN ('pending', 'running')"
+            " ORDER BY seq DESC LIMIT 1", (batch_id,)) is not None
+
+    async def notify_batch_counts(self, batch_id: str) -> tuple[dict[str, int], int]:
+        """Jobs of one batch by status, and its newest job's seq (once per batch end)."""
+        rows = await self.fetchall("SELECT status, count(*) AS n, max(seq) AS last FROM jobs"
+                                   " WHERE batch_id = ? GROUP BY status", (batch_id,))
+        return {r["status"]: r["n"] for r in rows}, max((r["last"] for r in rows), default=0)
+    # ---- end of notification targets ------------------------------------------------

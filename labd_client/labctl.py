@@ -315,6 +315,66 @@ def format_trace(changes: list[dict[str, Any]]) -> str:
                       else ""))
     return "\n".join(out)
 # ---- end of (sched) --------------------------------------------------------------------
+    add_notify_parser(sub, common)
+    return ap
+
+
+# ---- notifications (notify branch, issue #12) -----------------------------------------
+def add_notify_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    n = sub.add_parser("notify", help="webhooks when your jobs or batches end")
+    nsub = n.add_subparsers(dest="notify_cmd", required=True, metavar="ACTION")
+    target = "target ID, e.g. NTF-1a2b3c4d (labctl notify list)"
+    s = nsub.add_parser("add", parents=[common], help="POST to a webhook URL (its host must "
+                        "be on the admin's notify_allowed_hosts)")
+    s.add_argument("url", help="http(s) URL, e.g. a Slack or Mattermost incoming webhook")
+    s.add_argument("--on", choices=["all", "failures", "batch"], default="all",
+                   help="all: every job of yours that ends; failures: failed jobs only; "
+                   "batch: one message when the last job of a batch ends (default all)")
+    s = nsub.add_parser("list", parents=[common], help="your notification targets")
+    s.add_argument("--all", action="store_true", help="admins: every account's")
+    for name, helptext in (("remove", "stop notifying a target"),
+                           ("test", "send a test message now (exit 1 if it failed)")):
+        s = nsub.add_parser(name, parents=[common], help=helptext)
+        s.add_argument("id", help=target)
+    s = nsub.add_parser("status", parents=[common], help="delivery queue and each target's "
+                        "latest outcome")
+    s.add_argument("--all", action="store_true", help="admins: every account's")
+
+
+def _notify_line(t: dict[str, Any]) -> str:
+    last = t["last_status"] or "never sent"
+    if t["last_error"]:
+        last += f" ({t['last_error']})"
+    return (f"{t['id']}  {t['os_user']:<10} on={t['on']:<8} {t['url']}\n"
+            f"    last: {last}  at {t['last_attempt_at'] or '-'}; since start: "
+            f"{t['delivered']} delivered, {t['failed']} failed, {t['attempts']} attempts")
+
+
+def run_notify(args: argparse.Namespace, c: Client) -> int:
+    a = args.notify_cmd
+    if a == "add":
+        t = c.notify(args.url, on=args.on)
+        _out(args, t, f"{t['id']}: {t['url']} on={t['on']}")
+    elif a == "list":
+        ts = c.notify_list(all=args.all)
+        _out(args, ts, "\n".join(f"{t['id']}  {t['os_user']:<10} on={t['on']:<8} {t['url']}"
+                                 for t in ts) or "(no notification targets)")
+    elif a == "remove":
+        r = c.notify_remove(args.id)
+        _out(args, r, f"{r['id']} removed")
+    elif a == "test":
+        r = c.notify_test(args.id)
+        _out(args, r, f"{r['id']}: " + ("delivered" if r["ok"] else f"failed: {r['error']}"))
+        return 0 if r["ok"] else 1
+    elif a == "status":
+        r = c.notify_status(all=args.all)
+        head = ("webhooks " + (f"enabled for {', '.join(r['allowed_hosts'])}" if r["enabled"]
+                               else "disabled (notify_allowed_hosts is empty)")
+                + f"; queue {r['queue_length']}/{r['queue_max']}, {r['dropped']} dropped, "
+                f"{r['in_flight']} sending; {r['delivered']} delivered, {r['failed']} failed")
+        _out(args, r, "\n".join([head, *map(_notify_line, r["targets"])]))
+    return 0
+# ---- end of notifications ----------------------------------------------------------------
 
 
 def _json_error(kind: str, message: str, exit_code: int, code: int | None = None) -> None:
@@ -439,6 +499,8 @@ def run(args: argparse.Namespace, c: Client) -> int:
         return run_config(args, c)
     if cmd == "schedule":
         return run_schedule(args, c)
+    if cmd == "notify":
+        return run_notify(args, c)
     raise ValueError(f"unknown command {cmd}")
 
 

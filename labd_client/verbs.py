@@ -227,3 +227,35 @@ def data_path(job: JobResult) -> str:
         raise LabdError(f"{job.job_id} has no data file ({job.status}"
                         f"{': ' + job.error_message if job.error_message else ''})")
     return job.data_file_path
+
+
+# ---- notifications (notify branch, issue #12) -----------------------------------------
+def notify(url: str, on: str = "all") -> Req:
+    """Have labd POST to a webhook (JSON with a ``text`` field, Slack/Mattermost style)
+    when one of your jobs ends (``on="all"``), fails (``"failures"``) or when the last job
+    of one of your batches ends (``"batch"``). The host must be on the admin's
+    ``notify_allowed_hosts``. Returns the target (its ``id`` for remove/test)."""
+    return Req("notify_add", {"url": url, "on": on})
+
+
+def notify_list(all: bool = False) -> Req:
+    """Your notification targets (``all=True``: everyone's, admins only)."""
+    return Req("notify_list", {"all": all}, lambda r: r["targets"])
+
+
+def notify_remove(target_id: str) -> Req:
+    return Req("notify_remove", {"id": target_id})
+
+
+def notify_test(target_id: str) -> Req:
+    """Send a test message now; returns ``{"ok": ..., "error": ...}``."""
+    return Req("notify_test", {"id": target_id})
+
+
+def notify_status(all: bool = False) -> Req:
+    """Delivery queue (length, dropped) and each target's latest outcome and counters."""
+    return Req("notify_status", {"all": all})
+
+
+VERBS += [notify, notify_list, notify_remove, notify_test, notify_status]
+# ---- end of notifications ----------------------------------------------------------------

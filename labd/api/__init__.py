@@ -69,4 +69,5 @@ def load_methods() -> dict[str, Callable[..., Awaitable[Any]]]:
     """Import every area so its methods register; returns the method table."""
     from . import configs, jobs, queue  # noqa: F401
     from . import schedules  # noqa: F401  (sched, #13)
+    from . import notify  # noqa: F401  (notify branch, issue #12)
     return METHODS

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -187,3 +187,19 @@ class ConfigTrace(ConfigTypeRef):
     key: str = Field(min_length=1, max_length=1024)
     limit: int = Field(10_000, ge=1, le=100_000)   # main changes looked at, newest first
 # ---- end of (sched) ----------------------------------------------------------------------
+# ---- notifications (notify branch, issue #12) -----------------------------------------
+NOTIFY_ID_RE = r"^NTF-[0-9a-f]{8}$"
+
+
+class NotifyAdd(_P):
+    url: str = Field(min_length=1, max_length=2048)
+    on: Literal["all", "failures", "batch"] = "all"
+
+
+class NotifyRef(_P):
+    id: str = Field(pattern=NOTIFY_ID_RE, max_length=16)
+
+
+class NotifyList(_P):
+    all: bool = False   # admins: every account's targets
+# ---- end of notifications ----------------------------------------------------------------
