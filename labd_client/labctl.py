@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("key", help="dotted key, list indices as .0 or [0], e.g. "
                    "device.qubit.pulses.pi_ge.gain[0]")
     add_schedule_parser(sub, common)
+    add_notify_parser(sub, common)
     return ap
 
 
@@ -315,8 +316,6 @@ def format_trace(changes: list[dict[str, Any]]) -> str:
                       else ""))
     return "\n".join(out)
 # ---- end of (sched) --------------------------------------------------------------------
-    add_notify_parser(sub, common)
-    return ap
 
 
 # ---- notifications (notify branch, issue #12) -----------------------------------------
