@@ -82,6 +82,21 @@ STEPS: list[list[str]] = [
         " WHEN error_message LIKE 'time limit exceeded%' THEN 'time_limit'"
         " ELSE 'error' END WHERE status = 'failed'",
     ],
+    # 2 (issue #13, calibration): config updates from a job, calibrate-when-stale links
+    [
+        "ALTER TABLE jobs ADD COLUMN update_main INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN calibration TEXT",      # JSON: resolved updates
+        "ALTER TABLE jobs ADD COLUMN config_update TEXT",    # JSON: what was decided
+        "ALTER TABLE jobs ADD COLUMN fresh TEXT",            # JSON: keys it needs fresh
+        "ALTER TABLE jobs ADD COLUMN calibrated_by TEXT",    # JSON: calibration job IDs
+        "ALTER TABLE jobs ADD COLUMN hold_reason TEXT",
+        "ALTER TABLE config_versions ADD COLUMN created_by_job_id TEXT",
+        "CREATE TABLE IF NOT EXISTS config_key_calibrated ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, key TEXT NOT NULL,"
+        " job_id TEXT NOT NULL, version_id TEXT NOT NULL, at TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS config_key_calibrated_key "
+        "ON config_key_calibrated(type, key, id)",
+    ],
 ]
 VERSION = len(STEPS)
 

@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--not-before", metavar="TIME", help="ISO time with timezone, e.g. "
                    "2026-11-24T22:00:00+00:00")
     s.add_argument("--hold", action="store_true", help="queue it held (labctl release)")
+    s.add_argument("--update-main", action="store_true", help="a calibration: when it "
+                   "completes with a good fit, its results update main hardware_config")
+    s.add_argument("--fresh", action="append", default=[], metavar="KEY",
+                   help="config key that must be fresh, e.g. device.qubit.f_ge[0]: its "
+                   "calibration (daemon settings) runs first if the key is too old")
     s.add_argument("--wait", action="store_true", help="wait for the job to end")
     q = sub.add_parser("queue", parents=[common], help="running and pending jobs")
     q.add_argument("--user", help="display name to filter by")
@@ -261,7 +266,8 @@ def run(args: argparse.Namespace, c: Client) -> int:
         job_id = c.submit(cls, module, load_expt_config(args.config_file, args.param),
                           user=args.user, priority=args.priority,
                           time_limit_s=args.time_limit, config_versions=pins or None,
-                          after=args.after, not_before=args.not_before, hold=args.hold)
+                          after=args.after, not_before=args.not_before, hold=args.hold,
+                          update_main=args.update_main, fresh=args.fresh or None)
         if args.wait:
             j = c.wait(job_id, progress=not args.json and sys.stderr.isatty())
             _out(args, j.raw, _show(j))
