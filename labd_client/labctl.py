@@ -88,8 +88,26 @@ def _show(j: JobResult) -> str:
             ("data file", j.data_file_path), ("log", j.log_path), ("error", j.error_message),
             ("config", json.dumps(j.experiment_config)),
             ("versions", " ".join(f"{k}={v}" for k, v in j.config_versions.items()) or None),
-            ("results", json.dumps(j.results) if j.results else None)]
+            ("results", json.dumps(j.results) if j.results else None),
+            # calibration (#13)
+            ("calibrated", " ".join(j.calibrated_by) or None),
+            ("held", j.hold_reason if j.held else None),
+            ("config upd", _config_update(j.config_update)
+             if j.config_update or j.update_main else None)]
     return "\n".join(f"{k:>11}: {v}" for k, v in rows if v is not None)
+
+
+def _config_update(u: dict | None) -> str:
+    """A calibration job's config update in one line: applied (merged) or why not."""
+    if not u:
+        return "update_main: decided when the job ends"
+    changes = ", ".join(f"{k} {c['old']} -> {c['new']}"
+                        for k, c in (u.get("changes") or {}).items())
+    if u.get("applied"):
+        how = f"merged with {u['merged_with']}" if u.get("merged_with") else "applied"
+        return f"{how}: main {u.get('version_id')} ({changes or 'no change'})"
+    proposal = f"; proposed {u['version_id']} ({changes})" if u.get("version_id") else ""
+    return f"not applied: {u.get('reason')}{proposal}"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -87,7 +87,8 @@ def test_rabi_with_update_main_updates_pi_gain_and_keeps_the_yaml_comments(make_
     d = make_daemon()
     _, shipped = main_content(d)
     assert "gain: [1800]        # DAC units" in shipped
-    base = push(d, shipped.replace("gain: [1800]", "gain: [1500]"))   # mis-calibrated
+    miscalibrated = shipped.replace("gain: [1800]", "gain: [1500]") + "# drifted\n"
+    base = push(d, miscalibrated)
     r = submit(d, RABI, {"start": 0, "step": 100, "expts": 50, "reps": 1000},
                update_main=True)
     job = wait(d, r["job_id"])
@@ -100,7 +101,7 @@ def test_rabi_with_update_main_updates_pi_gain_and_keeps_the_yaml_comments(make_
     new_vid, new = main_content(d)
     assert new_vid == upd["version_id"] != base
     # only the gain's value changed: comments, flow lists and alignment survive
-    assert changed_lines(shipped.replace("gain: [1800]", "gain: [1500]"), new) == [
+    assert changed_lines(miscalibrated, new) == [
         "-        gain: [1500]        # DAC units (full scale 32766), as the predecessor's",
         f"+        gain: [{change['new']}]" + " " * (8 - len(str(change["new"])) + 4)
         + "# DAC units (full scale 32766), as the predecessor's"]
@@ -221,14 +222,19 @@ def test_bad_submits_are_refused_with_a_clear_message(make_daemon):
 
 
 # ---- calibrate when stale -------------------------------------------------------------
-def _calibrating_daemon(make_daemon, max_age_s: float, **fake_config) -> object:
+def _setting(name: str, key: str, exp: tuple[str, str], config: dict,
+             max_age_s: float) -> str:
+    cfg = ", ".join(f"{k} = {json.dumps(v)}" for k, v in config.items())
+    return (f'\n[[calibrations]]\nname = "{name}"\nkeys = ["{key}"]\n'
+            f'experiment = "{exp[1]}.{exp[0]}"\nconfig = {{{cfg}}}\nmax_age_s = {max_age_s}\n')
+
+
+def _calibrating_daemon(make_daemon, max_age_s: float, *more: str, **fake_config) -> object:
+    """A daemon whose settings calibrate T1 of qubit 0 with FakeT1Calibration."""
     d = make_daemon(start=False)
-    cfg = ", ".join(f"{k} = {json.dumps(v)}" for k, v in {"value": 31.5, **fake_config}
-                    .items())
     with open(d.config_path, "a") as fh:
-        fh.write(f'\n[[calibrations]]\nname = "t1_q0"\nkeys = ["{T1_KEY}"]\n'
-                 f'experiment = "{FAKE[1]}.{FAKE[0]}"\nconfig = {{{cfg}}}\n'
-                 f"max_age_s = {max_age_s}\n")
+        fh.write(_setting("t1_q0", T1_KEY, FAKE, {"value": 31.5, **fake_config}, max_age_s))
+        fh.write("".join(more))
     return d.start()
 
 
@@ -403,3 +409,39 @@ async def test_a_failed_commit_of_the_update_leaves_no_version_behind(tmp_path):
         assert h.configs.main[HW] == base
         assert set(h.configs.dir.iterdir()) == files
         assert len(await h.store.config_versions(HW, 100)) == 1
+
+
+PI_KEY = "device.qubit.pulses.pi_ge.gain[0]"
+
+
+def test_two_stale_keys_run_two_chained_calibrations_then_the_job(make_daemon):
+    rabi = _setting("pi_q0", PI_KEY, RABI, {"start": 0, "step": 100, "expts": 50,
+                                             "reps": 1000}, 0)
+    d = _calibrating_daemon(make_daemon, 0, rabi)
+    r = submit(d, NOOP, fresh=[PI_KEY, T1_KEY])
+    first, second = r["calibrations"]               # in settings order
+    job = wait(d, r["job_id"])
+    c1, c2 = wait(d, first), wait(d, second)
+    assert c1["experiment_class"] == FAKE[0] and c2["experiment_class"] == RABI[0]
+    assert c2["after_job"] == first and job["after_job"] == second
+    assert job["calibrated_by"] == [first, second] and job["status"] == "completed"
+    assert c1["finished_at"] < c2["started_at"] and c2["finished_at"] < job["started_at"]
+    assert c2["config_update"]["applied"]
+    # the job ran with the version holding both updates
+    content = call(d, "config.show", version_id=job["config_versions"][HW])["content"]
+    assert "T1: [31.5]" in content
+    assert f"gain: [{c2['config_update']['changes'][PI_KEY]['new']}]" in content
+
+
+def test_a_calibration_already_under_way_is_reused(make_daemon, tmp_path):
+    gate = _gated(tmp_path, "g4")
+    d = _calibrating_daemon(make_daemon, 0, gate=str(gate))
+    a = submit(d, NOOP, fresh=[T1_KEY])
+    until(lambda: (gate / "started").exists())
+    b = submit(d, NOOP, fresh=[T1_KEY])
+    assert a["calibrations"] == b["calibrations"]
+    (gate / "go").touch()
+    version = wait(d, a["calibrations"][0])["config_update"]["version_id"]
+    for r in (a, b):
+        job = wait(d, r["job_id"])
+        assert job["status"] == "completed" and job["config_versions"][HW] == version

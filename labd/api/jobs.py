@@ -69,8 +69,8 @@ async def submit(call: Call, p: SubmitParams) -> dict[str, Any]:
     job_id = ids[at]
     reply = {"job_id": job_id, "status": "pending",
              "position": call.app.scheduler.queue.position(job_id)}
-    if len(ids) > 1:
-        reply["calibrations"] = ids[:at]
+    if jobs[at].get("calibrated_by"):   # new ones, or one already under way
+        reply["calibrations"] = jobs[at]["calibrated_by"]
     return reply
 
 
