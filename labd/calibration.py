@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
 
-from labd_client.protocol import InvalidParams
+from labd_client.protocol import InvalidParams, LabdError
 from .config_store import _EXT, parse_content
 from .durable import write_new_file
 from .models import JobStatus
@@ -162,9 +162,6 @@ class Decision:
             self.on_commit()
 
 
-_NOTHING = Decision()
-
-
 class Calibrator:
     """Scheduler-side state: jobs that update main when they end, jobs waiting for
     calibrations, what each calibration decided, and calibrations not final yet."""
@@ -177,6 +174,9 @@ class Calibrator:
         self.linked: dict[str, list[str]] = {}       # job -> calibration jobs it needs
         self.outcomes: dict[str, str | None] = {}    # calibration job -> None: applied
         self.active_cal: dict[str, str] = {}         # setting name -> its job, not final
+        # submits that need fresh keys plan and enqueue one at a time, so two of them
+        # never start the same calibration twice
+        self.planning = asyncio.Lock()
         self._parsed: OrderedDict[str, Any] = OrderedDict()   # version -> parsed (LRU)
 
     async def load(self) -> None:
@@ -266,7 +266,7 @@ class Calibrator:
         """Decide a job's config update and hold the config lock until the caller has
         committed the ops with the job's end (``Decision.committed``) or given up."""
         if job_id not in self.updating:
-            yield _NOTHING
+            yield Decision()
             return
         self.updating.discard(job_id)
         for name, jid in list(self.active_cal.items()):
@@ -275,7 +275,7 @@ class Calibrator:
         row = await self.store.get_job_row(job_id)
         decl = json.loads(row["calibration"]) if row and row["calibration"] else None
         if decl is None:
-            yield _NOTHING
+            yield Decision()
             return
         type_name = decl["config_type"]
         if out.reason.status is not JobStatus.COMPLETED or out.error_message:
@@ -293,10 +293,12 @@ class Calibrator:
         async with self.configs._locks[type_name]:
             try:
                 d = await self._decide(job_id, row, decl, out.results or {})
+            except LabdError as exc:   # e.g. the version it ran with is damaged
+                d = Decision(record={"applied": False, "reason": exc.message})
             except Exception as exc:   # never lose the job's end over its update
                 log.exception("config update of %s", job_id)
-                d = Decision(record={"applied": False,
-                                     "reason": f"internal error: {type(exc).__name__}"})
+                d = Decision(record={"applied": False, "reason": f"internal error: "
+                                     f"{type(exc).__name__}; the daemon log has details"})
             d.ops.append(Store.set_config_update(job_id, d.record or {}))
 
             def commit(d: Decision = d) -> None:
@@ -403,7 +405,7 @@ class Calibrator:
             Store.counter(counter.row())]
 
     # -- staleness ------------------------------------------------------------------------
-    async def _parsed_version(self, version_id: str) -> Any:
+    async def parsed_version(self, version_id: str) -> Any:
         if version_id in self._parsed:
             self._parsed.move_to_end(version_id)
             return self._parsed[version_id]
@@ -424,7 +426,7 @@ class Calibrator:
         since, current = None, _MISSING
         for i, h in enumerate(history):         # newest first
             try:
-                value = get_path(await self._parsed_version(h["version_id"]), path)
+                value = get_path(await self.parsed_version(h["version_id"]), path)
             except KeyError:
                 value = _MISSING
             if i == 0:

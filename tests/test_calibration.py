@@ -445,3 +445,73 @@ def test_a_calibration_already_under_way_is_reused(make_daemon, tmp_path):
     for r in (a, b):
         job = wait(d, r["job_id"])
         assert job["status"] == "completed" and job["config_versions"][HW] == version
+
+
+def test_a_batch_needing_the_same_stale_key_runs_one_calibration(make_daemon):
+    d = _calibrating_daemon(make_daemon, 0)
+    spec = {"experiment_class": NOOP[0], "experiment_module": NOOP[1], "fresh": [T1_KEY]}
+    r = call(d, "submit_batch", jobs=[spec, spec])
+    [cal_id] = r["calibrations"]
+    for job_id in r["job_ids"]:
+        job = wait(d, job_id)
+        assert job["after_job"] == cal_id and job["status"] == "completed"
+        assert job["batch_id"] == r["batch_id"]
+
+
+# ---- the declarations against the fits (no daemon) ------------------------------------
+@pytest.mark.parametrize("path, truth, config_edit, expt, tol", [
+    ("amplitude_rabi.AmplitudeRabiExperiment", {}, ("pulses", 1500), {"reps": 2000}, 60),
+    ("amplitude_rabi.AmplitudeRabiExperiment", {}, ("pulses", 1500),
+     {"reps": 2000, "gain_unit": "fraction", "start": 0, "step": 0.003}, 60),
+    ("t2_ramsey.T2RamseyExperiment", {"f_ge": 4500.05}, None, {"reps": 4000}, 0.01),
+    ("t1.T1Experiment", {"T1": 35.0}, None, {"reps": 4000}, 4.0),
+    ("resonator_spectroscopy.ResonatorSpectroscopyExperiment", {"f_res": 7052.0}, None,
+     {"reps": 1000}, 0.3),
+])
+def test_each_calibration_moves_its_key_to_the_simulated_truth(path, truth, config_edit,
+                                                               expt, tol):
+    import copy
+    import importlib
+    import logging
+
+    import yaml
+
+    from labd.calibration import new_value
+    from labd.hardware import SHIPPED_SOCCFG, load_soccfg_dict
+    from labd.hardware.simulated import DEFAULT_TRUTH, SimulatedBoard
+    from labd.yaml_roundtrip import get_path, parse_key
+
+    hw = yaml.safe_load(open(SHIPPED_SOCCFG.parent / "hardware_config.yml"))
+    if config_edit:
+        hw = copy.deepcopy(hw)
+        hw["device"]["qubit"]["pulses"]["pi_ge"]["gain"] = [config_edit[1]]
+
+    class Ctx:
+        job_id = "JOB-TEST"
+        log = logging.getLogger("test")
+        board = SimulatedBoard(load_soccfg_dict(None), truth=truth, seed=7)
+        hardware_config = hw
+
+        def check_stop(self):
+            pass
+
+        def should_stop(self):
+            return False
+
+        def progress(self, done, total):
+            pass
+
+    module, name = ("experiments.single_qubit." + path).rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    exp = cls(Ctx(), cls.config_model.model_validate(expt))
+    results = exp.analyze(exp.acquire())
+    [u] = [d.resolved(0) for d in cls.calibrates]
+    old = get_path(hw, parse_key(u["key"]))
+    new = new_value(u, {k: float(v) for k, v in results.items()
+                        if isinstance(v, (int, float))}, old)
+    want = {**DEFAULT_TRUTH, **truth}
+    target = {"pulses": want["pi_gain"], "f_ge": want["f_ge"], "T1": want["T1"],
+              "frequency": want["f_res"]}[next(p for p in parse_key(u["key"])
+                                              if p in ("pulses", "f_ge", "T1", "frequency"))]
+    assert new == pytest.approx(target, abs=tol), (u["key"], old, new, results)
+    assert new != old

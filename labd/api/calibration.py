@@ -40,7 +40,7 @@ async def check_submit(call: Call, p: SubmitParams, loaded: Any, cfg: Any,
         if vid is None:
             raise InvalidParams(f"update_main: there is no {type_name} to update; push "
                                 f"one first (labctl config push {type_name} FILE)")
-        parsed = await app.scheduler.calibration._parsed_version(vid)
+        parsed = await app.scheduler.calibration.parsed_version(vid)
         for u in updates:
             try:
                 old = get_path(parsed, parse_key(u["key"]))
@@ -68,8 +68,21 @@ async def check_submit(call: Call, p: SubmitParams, loaded: Any, cfg: Any,
 Prepare = Callable[[Call, SubmitParams, "str | None"], Awaitable[dict[str, Any]]]
 
 
-async def with_calibrations(call: Call, items: list[tuple[SubmitParams, dict[str, Any]]],
-                            prepare: Prepare) -> tuple[list[dict[str, Any]], list[int]]:
+async def enqueue(call: Call, items: list[tuple[SubmitParams, dict[str, Any]]],
+                  prepare: Prepare) -> tuple[list[str], list[dict[str, Any]], list[int]]:
+    """Enqueue prepared jobs, each that needs fresh keys after the stale calibrations it
+    needs. Returns all job IDs, the jobs, and where the requested ones are."""
+    sched = call.app.scheduler
+    if not any(job.get("fresh") for _, job in items):
+        jobs = [job for _, job in items]
+        return await sched.enqueue(call.peer, jobs), jobs, list(range(len(jobs)))
+    async with sched.calibration.planning:
+        jobs, at = await _with_calibrations(call, items, prepare)
+        return await sched.enqueue(call.peer, jobs), jobs, at
+
+
+async def _with_calibrations(call: Call, items: list[tuple[SubmitParams, dict[str, Any]]],
+                             prepare: Prepare) -> tuple[list[dict[str, Any]], list[int]]:
     """The jobs to enqueue: before each job that needs fresh keys, the stale calibrations
     (chained one after the other; one already pending or running is reused), the job
     after the last. Returns them and where the requested jobs are in the list."""

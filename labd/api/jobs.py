@@ -64,8 +64,7 @@ async def _resubmit(call: Call, src: Any, *, pins: dict[str, str],
 async def submit(call: Call, p: SubmitParams) -> dict[str, Any]:
     job = await _prepare(call, p, None)
     # (#13) stale calibrations it needs go first, linked to it
-    jobs, [at] = await calib.with_calibrations(call, [(p, job)], _prepare)
-    ids = await call.app.scheduler.enqueue(call.peer, jobs)
+    ids, jobs, [at] = await calib.enqueue(call, [(p, job)], _prepare)
     job_id = ids[at]
     reply = {"job_id": job_id, "status": "pending",
              "position": call.app.scheduler.queue.position(job_id)}
@@ -88,11 +87,11 @@ async def submit_batch(call: Call, p: BatchParams) -> dict[str, Any]:
             exc.message = f"jobs[{i}]: {exc.message} (nothing in the batch was submitted)"
             raise
     # (#13) stale calibrations the jobs need go first, linked to them
-    jobs, at = await calib.with_calibrations(call, list(zip(p.jobs, jobs)), _prepare)
-    ids = await call.app.scheduler.enqueue(call.peer, jobs)
-    reply = {"batch_id": batch_id, "job_ids": [ids[i] for i in at]}
+    ids, jobs, at = await calib.enqueue(call, list(zip(p.jobs, jobs)), _prepare)
+    reply: dict[str, Any] = {"batch_id": batch_id, "job_ids": [ids[i] for i in at]}
     if len(ids) > len(at):
-        reply["calibrations"] = [j for i, j in enumerate(ids) if i not in set(at)]
+        requested = set(at)
+        reply["calibrations"] = [j for i, j in enumerate(ids) if i not in requested]
     return reply
 
 
