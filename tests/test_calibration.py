@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -515,3 +516,24 @@ def test_each_calibration_moves_its_key_to_the_simulated_truth(path, truth, conf
                                               if p in ("pulses", "f_ge", "T1", "frequency"))]
     assert new == pytest.approx(target, abs=tol), (u["key"], old, new, results)
     assert new != old
+
+
+def test_labctl_update_main_and_fresh(make_daemon):
+    import subprocess
+    import sys
+    d = _calibrating_daemon(make_daemon, 0)
+
+    def labctl(*args):
+        return subprocess.run([sys.executable, "-m", "labd_client.labctl", "--socket",
+                               str(d.socket), *args], capture_output=True, text=True,
+                              timeout=60, env=d.environment())
+    r = labctl("submit", f"{FAKE[1]}.{FAKE[0]}", "-p", "value=42.5", "--update-main",
+               "--wait")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"config upd: applied: main CFG-HW-\S+ \(device\.qubit\.T1\[0\] "
+                     r"20\.0 -> 42\.5\)", r.stdout), r.stdout
+    r = labctl("submit", f"{NOOP[1]}.{NOOP[0]}", "--fresh", T1_KEY, "--wait")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"calibrated: JOB-\S+", r.stdout), r.stdout
+    r = labctl("submit", f"{NOOP[1]}.{NOOP[0]}", "--update-main")
+    assert r.returncode != 0 and "is not a calibration" in r.stderr
