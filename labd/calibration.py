@@ -350,7 +350,15 @@ class Calibrator:
             main_text = await self._text(main_vid)
             main = await asyncio.to_thread(parse_content, ctype, main_text)
             moved = changed_paths(base, main)
-            clash = [key_text(p) for p in values if overlapping(moved, p)]
+
+            def clashes(p: tuple) -> bool:     # main changed it too, to another value
+                if not overlapping(moved, p):
+                    return False
+                try:
+                    return get_path(main, p) != values[p]
+                except KeyError:
+                    return True
+            clash = [key_text(p) for p in values if clashes(p)]
             if not clash:
                 target_vid, target_text = main_vid, main_text
                 for p in values:    # the old values as main has them (the same: no overlap)

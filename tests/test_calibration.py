@@ -74,10 +74,6 @@ def until(pred, timeout=30.0):
     raise AssertionError("condition not reached in time")
 
 
-def db(d):
-    return sqlite3.connect(f"file:{d.state_dir / 'labd.sqlite3'}?mode=ro", uri=True)
-
-
 def changed_lines(a: str, b: str) -> list[str]:
     return [line for line in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="")
             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
@@ -106,10 +102,10 @@ def test_rabi_with_update_main_updates_pi_gain_and_keeps_the_yaml_comments(make_
         "-        gain: [1500]        # DAC units (full scale 32766), as the predecessor's",
         f"+        gain: [{change['new']}]" + " " * (8 - len(str(change["new"])) + 4)
         + "# DAC units (full scale 32766), as the predecessor's"]
-    with db(d) as conn:
-        (by_job,) = conn.execute("SELECT created_by_job_id FROM config_versions WHERE "
-                                 "version_id = ?", (new_vid,)).fetchone()
-    assert by_job == r["job_id"]
+    shown = call(d, "config.show", version_id=new_vid)
+    assert shown["created_by_job_id"] == r["job_id"]
+    assert shown["message"].startswith(f"{r['job_id']} AmplitudeRabiExperiment: "
+                                       "device.qubit.pulses.pi_ge.gain[0] 1500 -> ")
     with h5py.File(job["data_file_path"]) as f:   # the fit's result and error are data
         assert abs(f["pi_gain_dac"][()] - change["new"]) <= 0.5
         assert f["pi_gain_dac_err"][()] > 0
@@ -334,16 +330,19 @@ async def _content(h: Harness, vid: str) -> str:
     return (await h.configs.show(vid))["content"]
 
 
-@pytest.mark.parametrize("pushed_key, merged", [("f_ge", True), ("T1", False)])
+@pytest.mark.parametrize("pushed_key, merged", [("f_ge", True), ("T1", False),
+                                               ("T1 same", True)])
 async def test_push_in_flight_when_the_job_completes(tmp_path, pushed_key, merged):
     """A push holds the config lock (at its commit) when the job's outcome arrives: the
-    update waits for it, then sees the new main and merges (or keeps its proposal)."""
+    update waits for it, then sees the new main and merges (or keeps its proposal; a push
+    that set the key to the fitted value is no conflict)."""
     async with Harness(tmp_path) as h:
         h.configs._locks[HW] = lock = SpyLock()
         job_id, base = await _running_update_job(h)
         text = await _content(h, base)
-        edited = (text.replace("f_ge: [4500.0]", "f_ge: [4501.5]") if pushed_key == "f_ge"
-                  else text.replace("T1: [20.0]", "T1: [25.0]"))
+        edited = {"f_ge": text.replace("f_ge: [4500.0]", "f_ge: [4501.5]"),
+                  "T1": text.replace("T1: [20.0]", "T1: [25.0]"),
+                  "T1 same": text.replace("T1: [20.0]", "T1: [33.3]")}[pushed_key]
         reached, release = h.store.gate(lambda sql: sql.startswith(NEW_VERSION))
         push = asyncio.create_task(h.configs.push(HW, edited, by="bob"))
         await reached.wait()                       # bob's push is committing
@@ -354,7 +353,10 @@ async def test_push_in_flight_when_the_job_completes(tmp_path, pushed_key, merge
         job = await h.final(job_id)
         upd = job.config_update
         assert job.status == "completed" and upd["base_version"] == base
-        if merged:
+        if pushed_key == "T1 same":
+            assert upd["applied"] and upd["unchanged"] and upd["version_id"] == pushed
+            assert h.configs.main[HW] == pushed
+        elif merged:
             assert upd["applied"] and upd["merged_with"] == pushed
             assert h.configs.main[HW] == upd["version_id"]
             new = await _content(h, upd["version_id"])
