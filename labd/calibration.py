@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 1000          # main-history entries searched for a key's last change
+MAX_OUTCOMES = 10_000         # calibration outcomes kept for the jobs waiting on them
 _MISSING = object()
 
 
@@ -172,7 +173,8 @@ class Calibrator:
         self.configs = sched.configs
         self.updating: set[str] = set()              # jobs with update_main, not final
         self.linked: dict[str, list[str]] = {}       # job -> calibration jobs it needs
-        self.outcomes: dict[str, str | None] = {}    # calibration job -> None: applied
+        # calibration job -> None (its update applied) or why its keys are not fresh
+        self.outcomes: OrderedDict[str, str | None] = OrderedDict()
         self.active_cal: dict[str, str] = {}         # setting name -> its job, not final
         # submits that need fresh keys plan and enqueue one at a time, so two of them
         # never start the same calibration twice
@@ -195,16 +197,22 @@ class Calibrator:
                                  json.loads(r["config_update"]) if r["config_update"]
                                  else None)
 
+    def _note_outcome(self, job_id: str, why: str | None) -> None:
+        self.outcomes[job_id] = why
+        while len(self.outcomes) > MAX_OUTCOMES:
+            self.outcomes.popitem(last=False)
+
     def _note_final(self, job_id: str, status: str, message: str | None,
                     record: dict[str, Any] | None) -> None:
         if status != JobStatus.COMPLETED:
-            self.outcomes[job_id] = f"it {status}" + (f" ({message})" if message else "")
+            why: str | None = f"it {status}" + (f" ({message})" if message else "")
         elif record is None:
-            self.outcomes[job_id] = "its update was not decided"
+            why = "its update was not decided"
         elif record.get("applied"):
-            self.outcomes[job_id] = None
+            why = None
         else:
-            self.outcomes[job_id] = f"its update was not applied: {record.get('reason')}"
+            why = f"its update was not applied: {record.get('reason')}"
+        self._note_outcome(job_id, why)
 
     # -- submit ---------------------------------------------------------------------
     def submit_ops(self, jobs: list[dict[str, Any]]) -> list[Op]:
@@ -272,9 +280,18 @@ class Calibrator:
         for name, jid in list(self.active_cal.items()):
             if jid == job_id:
                 del self.active_cal[name]
-        row = await self.store.get_job_row(job_id)
-        decl = json.loads(row["calibration"]) if row and row["calibration"] else None
-        if decl is None:
+        try:
+            row = await self.store.get_job_row(job_id)
+            decl = json.loads(row["calibration"]) if row and row["calibration"] else None
+            lock = self.configs._locks[decl["config_type"]] if decl else None
+        except Exception as exc:   # never lose the job's end over its update
+            log.exception("reading the config update of %s", job_id)
+            d = Decision(record={"applied": False, "reason": f"its update could not be "
+                                 f"read ({type(exc).__name__})"})
+            d.ops.append(Store.set_config_update(job_id, d.record))
+            yield d
+            return
+        if decl is None or lock is None:
             yield Decision()
             return
         type_name = decl["config_type"]
@@ -285,12 +302,12 @@ class Calibrator:
                    "the analysis failed: no fit to update main with")
             d = Decision(record={"applied": False, "reason": why})
             d.ops.append(Store.set_config_update(job_id, d.record))
-            d.on_commit = lambda: self.outcomes.__setitem__(
+            d.on_commit = lambda: self._note_outcome(
                 job_id, f"it {out.reason.status.value}" + (
                     f" ({out.error_message})" if out.error_message else ""))
             yield d
             return
-        async with self.configs._locks[type_name]:
+        async with lock:
             try:
                 d = await self._decide(job_id, row, decl, out.results or {})
             except LabdError as exc:   # e.g. the version it ran with is damaged
@@ -305,8 +322,8 @@ class Calibrator:
                 if d.main_to is not None:
                     self.configs.main[type_name] = d.main_to
                 rec = d.record or {}
-                self.outcomes[job_id] = (None if rec.get("applied") else
-                                         f"its update was not applied: {rec.get('reason')}")
+                self._note_outcome(job_id, None if rec.get("applied") else
+                                   f"its update was not applied: {rec.get('reason')}")
             d.on_commit = commit
             try:
                 yield d
