@@ -21,8 +21,8 @@ it was applied or merged, or why not. The version records ``created_by_job_id``.
 
 **Staleness.** Settings name calibrations (keys, experiment, expt config, max age). A key's
 age is the time since its value last changed in main's history (by a push, a set-main or
-a job's update), or since a calibration job last confirmed it (``config_key_calibrated``,
-written in the update's commit), whichever is later. A job that needs fresh keys gets the
+a job's update), or since a calibration job last confirmed it (a ``daemon_state`` row per
+key, written in the update's commit), whichever is later. A job that needs fresh keys gets the
 stale calibrations submitted first, at its priority, with update_main, chained one after
 the other, and the job runs after the last. If one of them fails or its update is not
 applied, the job is not run on stale values: it is held, with the reason shown.

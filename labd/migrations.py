@@ -91,11 +91,6 @@ STEPS: list[list[str]] = [
         "ALTER TABLE jobs ADD COLUMN calibrated_by TEXT",    # JSON: calibration job IDs
         "ALTER TABLE jobs ADD COLUMN hold_reason TEXT",
         "ALTER TABLE config_versions ADD COLUMN created_by_job_id TEXT",
-        "CREATE TABLE IF NOT EXISTS config_key_calibrated ("
-        " id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, key TEXT NOT NULL,"
-        " job_id TEXT NOT NULL, version_id TEXT NOT NULL, at TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS config_key_calibrated_key "
-        "ON config_key_calibrated(type, key, id)",
     ],
 ]
 VERSION = len(STEPS)

@@ -428,13 +428,14 @@ class Store:
 
     @staticmethod
     def key_calibrated(type_name: str, key: str, job_id: str, version_id: str) -> Op:
-        return Op("INSERT INTO config_key_calibrated(type, key, job_id, version_id, at) "
-                  "VALUES (?,?,?,?,?)", (type_name, key, job_id, version_id, utcnow()))
+        """A calibration job confirmed (or set) a key's value now: its age restarts even
+        if the value did not change. One daemon_state row per key (no new table)."""
+        return Store.set_state(f"calibrated/{type_name}/{key}", json.dumps(
+            {"at": utcnow(), "job_id": job_id, "version_id": version_id}))
 
     async def key_calibrated_at(self, type_name: str, key: str) -> str | None:
-        row = await self.fetchone("SELECT max(at) AS at FROM config_key_calibrated "
-                                  "WHERE type = ? AND key = ?", (type_name, key))
-        return row["at"] if row else None
+        value = await self.get_state(f"calibrated/{type_name}/{key}")
+        return json.loads(value)["at"] if value else None
 
     async def calibration_rows(self) -> list[aiosqlite.Row]:
         """Jobs not final yet that update main or wait for calibrations."""
