@@ -539,3 +539,13 @@ def test_labctl_update_main_and_fresh(make_daemon):
     assert re.search(r"calibrated: JOB-\S+", r.stdout), r.stdout
     r = labctl("submit", f"{NOOP[1]}.{NOOP[0]}", "--update-main")
     assert r.returncode != 0 and "is not a calibration" in r.stderr
+
+
+def test_a_pending_update_main_job_still_updates_after_a_restart(make_daemon):
+    d = make_daemon()
+    r = submit(d, FAKE, {"value": 27.5}, update_main=True, hold=True)
+    d.restart()
+    call(d, "release", job_id=r["job_id"])
+    job = wait(d, r["job_id"])
+    assert job["config_update"]["applied"] and "T1: [27.5]" in main_content(d)[1]
+    assert job["calibration"]["updates"][0]["key"] == T1_KEY
