@@ -7,7 +7,8 @@ loses an acquisition."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, ClassVar, Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,11 +63,46 @@ class RunContext(Protocol):
     def progress(self, done: float, total: float) -> None: ...
 
 
+@dataclass(frozen=True)
+class CalibrationUpdate:
+    """One config key a calibration's fit updates, for a job submitted with ``update_main``
+    (labd.calibration applies it). Pure data, so the job record shows what it would do.
+
+    ``key``: a path in the config, ``{qubit}`` standing for the job's first qubit, e.g.
+    ``device.qubit.pulses.pi_ge.gain[{qubit}]``. The new value is the fit result
+    ``result`` (mode "set") or the old value minus it (mode "subtract": a measured
+    detuning corrects a frequency). ``error`` names the fit result holding its standard
+    error: above ``max_rel_error`` (error / |new value|) or ``max_abs_error`` the update is
+    not applied, nor outside ``bounds`` (the sane range of the new value)."""
+    key: str
+    result: str
+    error: str
+    bounds: tuple[float, float]
+    mode: Literal["set", "subtract"] = "set"
+    kind: Literal["int", "float"] = "float"      # int: rounded (e.g. DAC gains)
+    ndigits: int | None = None                  # a float is rounded to this many decimals
+    max_rel_error: float | None = 0.1
+    max_abs_error: float | None = None
+    config_type: str = "hardware_config"
+
+    def resolved(self, qubit: int) -> dict[str, Any]:
+        """The declaration for one job, its key path filled in (stored with the job)."""
+        d = asdict(self)
+        d["key"] = self.key.format(qubit=qubit)
+        d["bounds"] = list(self.bounds)
+        return d
+
+
 class Experiment:
     config_model: ClassVar[type[BaseModel]] = ExperimentConfig
     # config types the experiment cannot run without; a job whose type has no main version
     # (and no pin) fails with a sentence saying how to push one, before any hardware
     requires_configs: ClassVar[tuple[str, ...]] = ()
+    # calibration (issue #13): the config keys its fit updates when submitted with
+    # update_main; and keys it needs fresh (recalibrated first when older than the
+    # settings' max age; ``{qubit}`` as in CalibrationUpdate.key)
+    calibrates: ClassVar[tuple[CalibrationUpdate, ...]] = ()
+    needs_fresh: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: RunContext, cfg: BaseModel) -> None:
         self.ctx = ctx

@@ -286,6 +286,7 @@ class ConfigStore:
         info = {k: row[k] for k in ("version_id", "type", "sha256", "size", "created_at",
                                     "created_by", "message")}
         info["is_main"] = self.main.get(row["type"]) == version_id
+        info["created_by_job_id"] = row["created_by_job_id"]   # (#13) a calibration's
         if with_content:
             info["content"] = await asyncio.to_thread(self.read_verified, row)
         return info

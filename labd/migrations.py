@@ -124,6 +124,16 @@ STEPS: list[list[str]] = [
         " last_ok_at TEXT,"
         " UNIQUE (os_uid, url, on_filter))",
     ],
+    # (issue #13, calibration): config updates from a job, calibrate-when-stale links
+    [
+        "ALTER TABLE jobs ADD COLUMN update_main INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN calibration TEXT",      # JSON: resolved updates
+        "ALTER TABLE jobs ADD COLUMN config_update TEXT",    # JSON: what was decided
+        "ALTER TABLE jobs ADD COLUMN fresh TEXT",            # JSON: keys it needs fresh
+        "ALTER TABLE jobs ADD COLUMN calibrated_by TEXT",    # JSON: calibration job IDs
+        "ALTER TABLE jobs ADD COLUMN hold_reason TEXT",
+        "ALTER TABLE config_versions ADD COLUMN created_by_job_id TEXT",
+    ],
 ]
 VERSION = len(STEPS)
 

@@ -80,6 +80,19 @@ class SetpointSettings(BaseModel):
     driver: Literal["mock"] = "mock"
 
 
+class CalibrationSetting(BaseModel):
+    """A calibration labd runs on its own when a job needs one of ``keys`` fresh and the
+    key is older than ``max_age_s`` (issue #13): the experiment (module.Class, it must
+    declare updates of those keys) with this expt config, submitted with update_main."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    keys: list[str] = Field(min_length=1)
+    experiment: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*$")
+    config: dict = {}
+    max_age_s: float = Field(ge=0)
+    config_type: str = "hardware_config"
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,6 +152,7 @@ class Settings(BaseModel):
         for entry in v:
             parse_host_entry(entry)
         return [e.strip() for e in v]
+    calibrations: list[CalibrationSetting] = []   # calibrate-when-stale (issue #13)
 
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":

@@ -495,3 +495,58 @@ class Store:
                                    " WHERE batch_id = ? GROUP BY status", (batch_id,))
         return {r["status"]: r["n"] for r in rows}, max((r["last"] for r in rows), default=0)
     # ---- end of notification targets ------------------------------------------------
+    # ---- calibration (issue #13): config updates from jobs, calibrate-when-stale ------
+    @staticmethod
+    def set_calibration_fields(job_id: str, update_main: bool, calibration: Any,
+                               fresh: list[str] | None, calibrated_by: list[str] | None) -> Op:
+        """A new job's calibration columns (in the commit that inserts it)."""
+        return Op("UPDATE jobs SET update_main=?, calibration=?, fresh=?, calibrated_by=? "
+                  "WHERE job_id=?",
+                  (int(update_main), json.dumps(calibration) if calibration else None,
+                   json.dumps(fresh) if fresh else None,
+                   json.dumps(calibrated_by) if calibrated_by else None, job_id), 1)
+
+    @staticmethod
+    def set_config_update(job_id: str, record: dict[str, Any]) -> Op:
+        """What was decided about a job's config update (in the commit that ends it)."""
+        return Op("UPDATE jobs SET config_update=? WHERE job_id=?",
+                  (json.dumps(record), job_id), 1)
+
+    @staticmethod
+    def hold_for_calibration(job_id: str, reason: str) -> Op:
+        return Op("UPDATE jobs SET held=1, after_job=NULL, hold_reason=? "
+                  "WHERE job_id=? AND status='pending'", (reason, job_id), 1)
+
+    @staticmethod
+    def insert_job_config_version(version_id: str, type_name: str, sha256: str, size: int,
+                                  filename: str, by: str, message: str | None,
+                                  job_id: str) -> Op:
+        return Op("INSERT INTO config_versions(version_id, type, sha256, size, filename,"
+                  " created_at, created_by, message, created_by_job_id) "
+                  "VALUES (?,?,?,?,?,?,?,?,?)",
+                  (version_id, type_name, sha256, size, filename, utcnow(), by, message,
+                   job_id))
+
+    @staticmethod
+    def key_calibrated(type_name: str, key: str, job_id: str, version_id: str) -> Op:
+        """A calibration job confirmed (or set) a key's value now: its age restarts even
+        if the value did not change. One daemon_state row per key (no new table)."""
+        return Store.set_state(f"calibrated/{type_name}/{key}", json.dumps(
+            {"at": utcnow(), "job_id": job_id, "version_id": version_id}))
+
+    async def key_calibrated_at(self, type_name: str, key: str) -> str | None:
+        value = await self.get_state(f"calibrated/{type_name}/{key}")
+        return json.loads(value)["at"] if value else None
+
+    async def calibration_rows(self) -> list[aiosqlite.Row]:
+        """Jobs not final yet that update main or wait for calibrations."""
+        return await self.fetchall(
+            "SELECT job_id, update_main, calibrated_by FROM jobs WHERE status IN "
+            "('pending', 'running') AND (update_main = 1 OR calibrated_by IS NOT NULL)")
+
+    async def job_outcome_rows(self, job_ids: list[str]) -> list[aiosqlite.Row]:
+        marks = ",".join("?" * len(job_ids))
+        return await self.fetchall(
+            f"SELECT job_id, status, error_message, config_update FROM jobs "
+            f"WHERE job_id IN ({marks})", job_ids)
+    # ---- end of calibration ---------------------------------------------------------

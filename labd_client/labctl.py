@@ -88,8 +88,26 @@ def _show(j: JobResult) -> str:
             ("data file", j.data_file_path), ("log", j.log_path), ("error", j.error_message),
             ("config", json.dumps(j.experiment_config)),
             ("versions", " ".join(f"{k}={v}" for k, v in j.config_versions.items()) or None),
-            ("results", json.dumps(j.results) if j.results else None)]
+            ("results", json.dumps(j.results) if j.results else None),
+            # calibration (#13)
+            ("calibrated", " ".join(j.calibrated_by) or None),
+            ("held", j.hold_reason if j.held else None),
+            ("config upd", _config_update(j.config_update)
+             if j.config_update or j.update_main else None)]
     return "\n".join(f"{k:>11}: {v}" for k, v in rows if v is not None)
+
+
+def _config_update(u: dict | None) -> str:
+    """A calibration job's config update in one line: applied (merged) or why not."""
+    if not u:
+        return "update_main: decided when the job ends"
+    changes = ", ".join(f"{k} {c['old']} -> {c['new']}"
+                        for k, c in (u.get("changes") or {}).items())
+    if u.get("applied"):
+        how = f"merged with {u['merged_with']}" if u.get("merged_with") else "applied"
+        return f"{how}: main {u.get('version_id')} ({changes or 'no change'})"
+    proposal = f"; proposed {u['version_id']} ({changes})" if u.get("version_id") else ""
+    return f"not applied: {u.get('reason')}{proposal}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--not-before", metavar="TIME", help="ISO time with timezone, e.g. "
                    "2026-11-24T22:00:00+00:00")
     s.add_argument("--hold", action="store_true", help="queue it held (labctl release)")
+    s.add_argument("--update-main", action="store_true", help="a calibration: when it "
+                   "completes with a good fit, its results update main hardware_config")
+    s.add_argument("--fresh", action="append", default=[], metavar="KEY",
+                   help="config key that must be fresh, e.g. device.qubit.f_ge[0]: its "
+                   "calibration (daemon settings) runs first if the key is too old")
     s.add_argument("--wait", action="store_true", help="wait for the job to end")
     q = sub.add_parser("queue", parents=[common], help="running and pending jobs")
     q.add_argument("--user", help="display name to filter by")
@@ -413,7 +436,8 @@ def run(args: argparse.Namespace, c: Client) -> int:
         job_id = c.submit(cls, module, load_expt_config(args.config_file, args.param),
                           user=args.user, priority=args.priority,
                           time_limit_s=args.time_limit, config_versions=pins or None,
-                          after=args.after, not_before=args.not_before, hold=args.hold)
+                          after=args.after, not_before=args.not_before, hold=args.hold,
+                          update_main=args.update_main, fresh=args.fresh or None)
         if args.wait:
             j = c.wait(job_id, progress=not args.json and sys.stderr.isatty())
             _out(args, j.raw, _show(j))

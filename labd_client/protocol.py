@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import jsonrpcclient
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 # ---- errors -----------------------------------------------------------------------------
 PARSE_ERROR = -32700
@@ -143,6 +143,24 @@ class Job(BaseModel):
     after_job: str | None = None
     not_before: str | None = None
     retry_of: str | None = None
+    # calibration (issue #13): a job that updates main, and a job that needs fresh keys
+    update_main: bool = False
+    calibration: dict[str, Any] | None = None      # the updates it would make
+    config_update: dict[str, Any] | None = None    # what was decided when it ended
+    fresh: list[str] = []
+    calibrated_by: list[str] = []                  # calibration jobs it waits for
+    hold_reason: str | None = None
+
+    @field_validator("calibration", "config_update", "fresh", "calibrated_by",
+                     mode="before")
+    @classmethod
+    def _json_text(cls, v: Any, info: Any) -> Any:
+        """Stored as JSON text (NULL when unset)."""
+        if isinstance(v, str):
+            return json.loads(v)
+        if v is None and info.field_name in ("fresh", "calibrated_by"):
+            return []
+        return v
 
     def is_terminal(self) -> bool:
         return self.status.terminal

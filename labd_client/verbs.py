@@ -30,14 +30,18 @@ def submit(experiment_class: str, experiment_module: str,
            priority: int | None = None, time_limit_s: float | None = None,
            config_versions: dict[str, str] | None = None,
            inline_configs: dict[str, str] | None = None, after: str | None = None,
-           not_before: str | None = None, hold: bool = False) -> Req:
+           not_before: str | None = None, hold: bool = False, update_main: bool = False,
+           fresh: list[str] | None = None) -> Req:
     """Queue a job; returns its ID once the daemon has stored it durably.
     ``time_limit_s`` in seconds; ``after``: run only once that job completed;
-    ``not_before``: ISO time with a timezone; ``hold``: queue it held until released."""
+    ``not_before``: ISO time with a timezone; ``hold``: queue it held until released;
+    ``update_main``: a calibration's fit updates main when it completes; ``fresh``: config
+    keys (e.g. ``device.qubit.f_ge[0]``) recalibrated first if older than allowed."""
     return Req("submit", submit_params(
         experiment_class, experiment_module, expt_config, user=user, priority=priority,
         time_limit_s=time_limit_s, config_versions=config_versions,
-        inline_configs=inline_configs, after=after, not_before=not_before, hold=hold),
+        inline_configs=inline_configs, after=after, not_before=not_before, hold=hold,
+        update_main=update_main or None, fresh=fresh or None),
         lambda r: r["job_id"])
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from qick.asm_v2 import QickSweep1D
 
+from experiments.base import CalibrationUpdate
 from experiments.fitting import fit_rabi, signal_axis
 
 from .common import (FULL_SCALE_DAC, QubitProgram, SingleQubitExperiment, SweepConfig,
@@ -61,6 +62,11 @@ class AmplitudeRabiProgram(QubitProgram):
 
 class AmplitudeRabiExperiment(SingleQubitExperiment):
     config_model = AmplitudeRabiConfig
+    # the pi pulse's gain, in DAC units as the config holds it (whatever gain_unit)
+    calibrates = (CalibrationUpdate("device.qubit.pulses.pi_ge.gain[{qubit}]",
+                                    result="pi_gain_dac", error="pi_gain_dac_err",
+                                    bounds=(1, FULL_SCALE_DAC), kind="int",
+                                    max_rel_error=0.1),)
 
     def expt_units(self):
         units = super().expt_units()
@@ -85,5 +91,7 @@ class AmplitudeRabiExperiment(SingleQubitExperiment):
     def analyze(self, data):
         """pi_gain comes out in the sweep's unit (gain_unit), like xpts."""
         fit = fit_rabi(data["xpts"], signal_axis(data["avgi"] + 1j * data["avgq"]))
+        dac = FULL_SCALE_DAC if self.cfg.gain_unit == "fraction" else 1.0
         return {"pi_gain": fit["pi_gain"], "pi_gain_err": fit["pi_gain_err"],
+                "pi_gain_dac": fit["pi_gain"] * dac, "pi_gain_dac_err": fit["pi_gain_err"] * dac,
                 "fit_params": np.array([fit["amp"], fit["pi_gain"], fit["offset"]])}

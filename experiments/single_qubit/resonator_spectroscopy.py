@@ -5,6 +5,7 @@ import numpy as np
 from pydantic import Field
 from qick.asm_v2 import QickSweep1D
 
+from experiments.base import CalibrationUpdate
 from experiments.fitting import fit_lorentzian_dip
 
 from .common import (FULL_SCALE_DAC, QubitProgram, SingleQubitExperiment, SweepConfig,
@@ -33,6 +34,9 @@ class ResonatorSpectroscopyProgram(QubitProgram):
 
 class ResonatorSpectroscopyExperiment(SingleQubitExperiment):
     config_model = ResonatorSpectroscopyConfig
+    calibrates = (CalibrationUpdate("device.readout.frequency[{qubit}]", result="f_res",
+                                    error="f_res_err", bounds=(100.0, 20_000.0), ndigits=4,
+                                    max_rel_error=None, max_abs_error=1.0),)  # MHz
 
     def acquire(self):
         c = self.cfg

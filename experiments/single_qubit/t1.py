@@ -5,6 +5,7 @@ import numpy as np
 from pydantic import Field
 from qick.asm_v2 import QickSweep1D
 
+from experiments.base import CalibrationUpdate
 from experiments.fitting import fit_exp, signal_axis
 
 from .common import QubitProgram, SingleQubitExperiment, SweepConfig, readout_iq
@@ -30,6 +31,8 @@ class T1Program(QubitProgram):
 
 class T1Experiment(SingleQubitExperiment):
     config_model = T1Config
+    calibrates = (CalibrationUpdate("device.qubit.T1[{qubit}]", result="T1", error="T1_err",
+                                    bounds=(0.1, 100_000.0), ndigits=3, max_rel_error=0.2),)
 
     def acquire(self):
         c = self.cfg

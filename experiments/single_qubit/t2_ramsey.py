@@ -7,6 +7,7 @@ import numpy as np
 from pydantic import Field
 from qick.asm_v2 import QickSweep1D
 
+from experiments.base import CalibrationUpdate
 from experiments.fitting import fit_decaying_cos, signal_axis
 
 from .common import QubitProgram, SingleQubitExperiment, SweepConfig, readout_iq
@@ -38,6 +39,11 @@ class T2RamseyProgram(QubitProgram):
 
 class T2RamseyExperiment(SingleQubitExperiment):
     config_model = T2RamseyConfig
+    # f_ge corrected by the measured detuning (fringes at ramsey_freq + f_ge - true f_ge)
+    calibrates = (CalibrationUpdate("device.qubit.f_ge[{qubit}]", result="detuning",
+                                    error="detuning_err", mode="subtract",
+                                    bounds=(100.0, 20_000.0), ndigits=5,
+                                    max_rel_error=None, max_abs_error=0.05),)  # MHz
 
     def acquire(self):
         c = self.cfg
@@ -59,6 +65,7 @@ class T2RamseyExperiment(SingleQubitExperiment):
         f_ge = self.qubit()["f_ge"]
         detuning = fit["freq"] - self.cfg.ramsey_freq
         return {"T2R": fit["tau"], "T2R_err": fit["tau_err"], "fringe_freq": fit["freq"],
+                "detuning": detuning, "detuning_err": fit["freq_err"],
                 "f_ge_corrected": [f_ge - detuning, f_ge + detuning],
                 "fit_params": np.array([fit[k] for k in ("amp", "freq", "phase", "tau",
                                                          "offset")])}

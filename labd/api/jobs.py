@@ -12,6 +12,7 @@ from ..job_log import read_log
 from ..scheduler import policy
 from ..store import row_to_job
 from . import Call, rpc
+from . import calibration as calib   # issue #13
 from .params import BatchParams, HistoryParams, JobRef, LogsParams, SubmitParams, UserRef, \
     CancelBatch, WaitParams
 
@@ -22,7 +23,7 @@ async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[st
     if len(json.dumps(p.experiment_config)) > s.max_config_bytes:
         raise InvalidParams(f"experiment_config exceeds {s.max_config_bytes} bytes")
     loaded = app.loader.load(p.experiment_module, p.experiment_class)
-    app.loader.validate_config(loaded, p.experiment_config)
+    cfg = app.loader.validate_config(loaded, p.experiment_config)
     priority = s.priority_default if p.priority is None else p.priority
     policy.check_submit_priority(s, call.peer, priority)
     if p.time_limit_s is not None and p.time_limit_s > s.job_time_limit_max_s:
@@ -36,13 +37,15 @@ async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[st
             raise InvalidParams(f"{name}: give either a pinned version or inline content")
         pinned[name], _ = await app.configs.snapshot(name, content, by=call.peer.username,
                                                      message="inline config of a submit")
-    return {
+    job = {
         "user": p.user or call.peer.username, "experiment_class": p.experiment_class,
         "experiment_module": p.experiment_module, "experiment_config": p.experiment_config,
         "priority": priority, "time_limit_s": p.time_limit_s, "pinned_versions": pinned,
         "batch_id": batch_id, "held": int(p.hold), "after_job": p.after, "retry_of": None,
         "not_before": p.not_before.isoformat() if p.not_before else None,
     }
+    await calib.check_submit(call, p, loaded, cfg, job)   # (#13) update_main, fresh
+    return job
 
 
 async def _resubmit(call: Call, src: Any, *, pins: dict[str, str],
@@ -53,15 +56,21 @@ async def _resubmit(call: Call, src: Any, *, pins: dict[str, str],
         experiment_class=src.experiment_class, experiment_module=src.experiment_module,
         experiment_config=src.experiment_config, user=src.user,
         priority=policy.resubmit_priority(call.app.settings, call.peer, src.priority),
-        time_limit_s=src.time_limit_s, config_versions=pins), batch_id)
+        time_limit_s=src.time_limit_s, config_versions=pins,
+        update_main=src.update_main), batch_id)
 
 
 @rpc("submit", SubmitParams)
 async def submit(call: Call, p: SubmitParams) -> dict[str, Any]:
     job = await _prepare(call, p, None)
-    [job_id] = await call.app.scheduler.enqueue(call.peer, [job])
-    return {"job_id": job_id, "status": "pending",
-            "position": call.app.scheduler.position(job_id)}
+    # (#13) stale calibrations it needs go first, linked to it
+    ids, jobs, [at] = await calib.enqueue(call, [(p, job)], _prepare)
+    job_id = ids[at]
+    reply = {"job_id": job_id, "status": "pending",
+             "position": call.app.scheduler.position(job_id)}
+    if jobs[at].get("calibrated_by"):   # new ones, or one already under way
+        reply["calibrations"] = jobs[at]["calibrated_by"]
+    return reply
 
 
 @rpc("submit_batch", BatchParams)
@@ -77,8 +86,13 @@ async def submit_batch(call: Call, p: BatchParams) -> dict[str, Any]:
         except LabdError as exc:
             exc.message = f"jobs[{i}]: {exc.message} (nothing in the batch was submitted)"
             raise
-    ids = await call.app.scheduler.enqueue(call.peer, jobs)
-    return {"batch_id": batch_id, "job_ids": ids}
+    # (#13) stale calibrations the jobs need go first, linked to them
+    ids, jobs, at = await calib.enqueue(call, list(zip(p.jobs, jobs)), _prepare)
+    reply: dict[str, Any] = {"batch_id": batch_id, "job_ids": [ids[i] for i in at]}
+    if len(ids) > len(at):
+        requested = set(at)
+        reply["calibrations"] = [j for i, j in enumerate(ids) if i not in requested]
+    return reply
 
 
 @rpc("get", JobRef)

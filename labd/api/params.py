@@ -69,6 +69,10 @@ class SubmitParams(_P):
     after: JobId | None = None                   # run only once that job completed
     not_before: UtcTime | None = None            # timezone-aware; do not start earlier
     hold: bool = False                           # queue it held; release to let it run
+    # calibration (issue #13): update main from the fit; keys that must be fresh
+    update_main: bool = False
+    fresh: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        [], max_length=64)
 
     @field_validator("not_before", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
+from ..calibration import Calibrator
 from ..config_store import ConfigStore
 from labd_client.protocol import Conflict, LimitExceeded, NotFound, PermissionDenied, Unavailable
 from ..events import EventBus
@@ -56,6 +57,7 @@ class Scheduler:
         self._recent_final: OrderedDict[str, str] = OrderedDict()
         self._next_order = 0
         self._tasks: set[asyncio.Task] = set()
+        self.calibration = Calibrator(self)           # issue #13: config updates, staleness
 
     # ---- start / stop -------------------------------------------------------------
     async def start(self, counters: dict[str, tuple[str, int]]) -> list[str]:
@@ -78,6 +80,7 @@ class Scheduler:
             else:
                 await self.states.ended(job_id, EndReason.CRASH,
                                         "interrupted: daemon stopped during run")
+        await self.calibration.load()                 # (#13)
         self.paused = await self.store.get_state("paused") == "1"
         self.estimates.load(await self.store.recent_durations())
         rows = await self.store.pending_rows()
@@ -175,6 +178,9 @@ class Scheduler:
                 self.waiting.add_dependent(dep, pj.job_id)
             else:
                 status = self._recent_final.get(dep) or final.get(dep)
+                if (why := self.calibration.blocked(pj.job_id, dep, status)) is not None:
+                    self._hold_for_calibration(pj, why)   # (#13)
+                    return
                 if status == JobStatus.COMPLETED:
                     pj.after = None
                 else:
@@ -195,13 +201,23 @@ class Scheduler:
             pj = self.active.get(dep_id)
             if pj is None or not self._is_pending(pj) or pj.after != job_id:
                 continue
-            if status == JobStatus.COMPLETED:
+            if (why := self.calibration.blocked(dep_id, job_id, status)) is not None:
+                self.waiting.remove(dep_id)
+                self._hold_for_calibration(pj, why)   # (#13)
+            elif status == JobStatus.COMPLETED:
                 self.waiting.remove(dep_id)
                 pj.after = None
                 self._place(pj)
             else:
                 self.spawn(self._end_pending(pj, EndReason.DEPENDENCY,
                                               f"cancelled: dependency {job_id} {status}"))
+
+    def _hold_for_calibration(self, pj: PendingJob, why: str) -> None:
+        """(#13) A job that needed a calibration which did not refresh its keys waits held
+        (not cancelled, not run on stale values); the reason is stored with it."""
+        pj.after, pj.held = None, True
+        self._place(pj)
+        self.spawn(self.calibration.store_hold(pj.job_id, why))
 
     async def _end_pending(self, pj: PendingJob, reason: EndReason, message: str,
                            retry: bool = True) -> None:
@@ -238,13 +254,28 @@ class Scheduler:
         """Record an outcome in the background: the next job may start before this
         commit (and share it); the terminal event goes out once the outcome is stored."""
         pj.phase = RunPhase.FINISHING
+        # a job that may update main holds back the next start until that is decided (the
+        # dispatcher's check covers it while it acquires and is analyzed)
+        updates_main = pj.job_id in self.calibration.updating
+        if updates_main:
+            self.dispatcher.block_starts()
 
         async def record() -> None:
-            if await self.states.ended(
-                    pj.job_id, out.reason, out.error_message, out.finished_at,
-                    data_file_path=out.data_file_path, module_sha256=out.module_sha256,
-                    module_git_rev=out.module_git_rev, results=out.results):
-                self._ended(pj.job_id, out.reason.status)
+            try:
+                # (#13) a job with update_main: its config update is decided and committed
+                # with its end (under the config lock)
+                async with self.calibration.deciding(pj.job_id, out) as update:
+                    if await self.states.ended(
+                            pj.job_id, out.reason, out.error_message, out.finished_at,
+                            data_file_path=out.data_file_path,
+                            module_sha256=out.module_sha256,
+                            module_git_rev=out.module_git_rev, results=out.results,
+                            ops=update.ops):
+                        update.committed()
+                        self._ended(pj.job_id, out.reason.status)
+            finally:
+                if updates_main:
+                    self.dispatcher.unblock_starts()
         self.spawn(record())
 
     # ---- submit -------------------------------------------------------------------
@@ -263,11 +294,14 @@ class Scheduler:
         for j in jobs:
             j.update(job_id=self.job_ids.next(), status="pending", created_at=now,
                      os_user=peer.username, os_uid=peer.uid)
+        calibration_ops = self.calibration.submit_ops(jobs)    # (#13)
         try:
-            await self.store.write(*Store.insert_jobs(jobs, self.job_ids.row()))
+            await self.store.write(*Store.insert_jobs(jobs, self.job_ids.row()),
+                                   *calibration_ops)
         except StoreError as exc:
             self._release(peer.uid, len(jobs))
             raise Unavailable(f"job not accepted: {exc}") from None
+        self.calibration.enqueued(jobs)                        # (#13)
         for j in jobs:  # no await from here on: dependencies are decided consistently
             pj = self._record(j)
             self._enter(pj)

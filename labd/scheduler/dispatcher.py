@@ -124,9 +124,10 @@ class Dispatcher:
     def _main_may_change(self) -> bool:
         """A job that may update main when it completes (a calibration) is acquiring or
         being analyzed: the next job waits, so it never runs on a replaced config."""
+        updating = self.sched.calibration.updating
         run = self.running
-        return (run is not None and getattr(run.job, "update_main", False)) or any(
-            getattr(pj, "update_main", False) for pj in self.analyzing.values())
+        return (run is not None and run.job.job_id in updating) or any(
+            job_id in updating for job_id in self.analyzing)
 
     async def _dispatch_loop(self) -> None:
         ran_since_collect = False
@@ -170,12 +171,20 @@ class Dispatcher:
             self.revoke_next(f"{pj.job_id} has a higher priority")
         self.wake()
 
+    def block_starts(self) -> None:
+        """No job is prepared or started until the matching ``unblock_starts``."""
+        self._main_changing += 1
+
+    def unblock_starts(self) -> None:
+        self._main_changing -= 1
+        self.wake()
+
     @contextlib.asynccontextmanager
     async def main_changing(self, type_name: str):
         """Around a change of a config type's main version: nothing starts meanwhile, and a
         prepared job that would use the old main is taken back, so every job runs with
         main as of its start."""
-        self._main_changing += 1
+        self.block_starts()
         nxt = self.next
         if nxt is not None and nxt.handle is not None and \
                 type_name in nxt.handle.spec.configs and type_name not in nxt.pinned:
@@ -183,8 +192,7 @@ class Dispatcher:
         try:
             yield
         finally:
-            self._main_changing -= 1
-            self.wake()
+            self.unblock_starts()
 
     def request_stop(self, run: Running, kind: EndReason, message: str) -> None:
         if run is self.next and kind is EndReason.SHUTDOWN and self.revoke_next("shutdown"):

@@ -81,9 +81,10 @@ class Transitions:
 
     async def ended(self, job_id: str, reason: EndReason, message: str | None,
                     finished_at: str | None = None, retry: bool = True,
-                    **fields: Any) -> bool:
+                    ops: tuple[Op, ...] | list[Op] = (), **fields: Any) -> bool:
         """-> terminal. Retries a failing write with backoff until it is stored (or the
         daemon gives up at shutdown: the next start then records it as interrupted).
+        ``ops`` are committed with it, all or nothing (a calibration's config update).
         Returns whether it was recorded. Without ``retry`` (a request its caller waits
         for, e.g. a cancel) a failing write raises StoreError at once."""
         finished_at = finished_at or utcnow()
@@ -92,7 +93,7 @@ class Transitions:
         delay = 0.05
         while True:
             try:
-                await self.store.write(op)
+                await self.store.write(op, *ops)
                 break
             except PreconditionFailed:
                 if not retry:
