@@ -67,6 +67,9 @@ CREATE TABLE IF NOT EXISTS config_main_history (
 CREATE INDEX IF NOT EXISTS config_main_type ON config_main_history(type, id);
 """
 
+# the columns history filters on (besides seq)
+_FILTERED = ("user", "os_user", "status", "experiment_class", "batch_id", "created_at")
+
 # Step N takes a database from version N to N + 1.
 STEPS: list[list[str]] = [
     # 1: why a job ended, as a typed reason (EndReason) instead of parsing its message
@@ -133,6 +136,17 @@ STEPS: list[list[str]] = [
         "ALTER TABLE jobs ADD COLUMN calibrated_by TEXT",    # JSON: calibration job IDs
         "ALTER TABLE jobs ADD COLUMN hold_reason TEXT",
         "ALTER TABLE config_versions ADD COLUMN created_by_job_id TEXT",
+    ],
+    # (issue #14) history filters: each filter column's index also carries the other filter
+    # columns, so a combination that matches few rows is decided from the index alone (no
+    # row read per candidate), in seq order; `since` gets its own index
+    [
+        *(f"DROP INDEX IF EXISTS {name}" for name in
+          ("jobs_status", "jobs_user", "jobs_os_user", "jobs_class")),
+        *(f"CREATE INDEX jobs_by_{col} ON jobs({col}, seq, "
+          + ", ".join(c for c in _FILTERED if c != col) + ")"
+          for col in ("status", "user", "os_user", "experiment_class")),
+        "CREATE INDEX jobs_by_created_at ON jobs(created_at, seq)",
     ],
 ]
 VERSION = len(STEPS)
