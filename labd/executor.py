@@ -77,6 +77,7 @@ class Outcome:
     module_git_rev: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
     finished_at: str = field(default_factory=utcnow)  # stamped when the run really ended
+    config_versions: dict[str, str] | None = None     # set for a job that never started
 
 
 class BoardClock:

@@ -47,7 +47,8 @@ _CLAIM = ("UPDATE jobs SET status='running', started_at=?, config_versions=?, lo
           "WHERE job_id=? AND status='pending'")
 _END = ("UPDATE jobs SET status=?, end_reason=?, finished_at=?, error_message=?, "
         "data_file_path=coalesce(?, data_file_path), module_sha256=coalesce(?, module_sha256),"
-        " module_git_rev=coalesce(?, module_git_rev), results=? "
+        " module_git_rev=coalesce(?, module_git_rev), results=?,"
+        " config_versions=coalesce(?, config_versions) "
         "WHERE job_id=? AND status IN ('pending', 'running')")
 
 
@@ -313,10 +314,14 @@ class Store:
     @staticmethod
     def end(job_id: str, status: str, reason: str, finished_at: str, message: str | None,
             data_file_path: str | None = None, module_sha256: str | None = None,
-            module_git_rev: str | None = None, results: dict[str, Any] | None = None) -> Op:
-        """pending or running -> a terminal status, with its reason."""
+            module_git_rev: str | None = None, results: dict[str, Any] | None = None,
+            config_versions: dict[str, str] | None = None) -> Op:
+        """pending or running -> a terminal status, with its reason (and, for a job that
+        failed before its start was recorded, the config versions it would have used)."""
         return Op(_END, (status, reason, finished_at, message, data_file_path, module_sha256,
-                         module_git_rev, json.dumps(results or {}), job_id), 1)
+                         module_git_rev, json.dumps(results or {}),
+                         None if config_versions is None else json.dumps(config_versions),
+                         job_id), 1)
 
     @staticmethod
     def set_held(job_id: str, held: bool) -> Op:
@@ -441,13 +446,10 @@ class Store:
 
     async def config_trace_rows(self, type_name: str) -> list[aiosqlite.Row]:
         """Every change of a type's main, oldest first, with its version's creator (and the
-        job that created it, where config_versions has a created_by_job_id column)."""
-        cols = {r["name"] for r in await self.fetchall("PRAGMA table_info(config_versions)")}
-        job_col = ("v.created_by_job_id" if "created_by_job_id" in cols
-                   else "NULL") + " AS created_by_job_id"
+        job that created it, for a version a calibration made)."""
         return await self.fetchall(
             "SELECT h.id, h.version_id, h.set_at, h.set_by, v.type, v.sha256, v.filename,"
-            f" v.created_at, v.created_by, {job_col} FROM config_main_history h"
+            " v.created_at, v.created_by, v.created_by_job_id FROM config_main_history h"
             " JOIN config_versions v ON v.version_id = h.version_id"
             " WHERE h.type = ? ORDER BY h.id", (type_name,))
     # ---- end of (sched) ------------------------------------------------------------------

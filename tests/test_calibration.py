@@ -321,9 +321,9 @@ async def _running_update_job(h: Harness, value: float = 33.3) -> tuple[str, str
 
 
 def _complete(h: Harness, job_id: str, value: float = 33.3) -> None:
-    acquired, done = h.executor.futures[job_id]
-    acquired.set_result(None)
-    done.set_result(Outcome(EndReason.COMPLETED, results={"T1": value, "T1_err": 0.1}))
+    h.executor.acquired(job_id)
+    h.executor.handles[job_id].done.set_result(
+        Outcome(EndReason.COMPLETED, results={"T1": value, "T1_err": 0.1}))
 
 
 async def _content(h: Harness, vid: str) -> str:

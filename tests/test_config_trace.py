@@ -99,12 +99,11 @@ def test_labctl_config_trace(client, daemon):
 
 
 async def test_reads_created_by_job_id_when_the_column_exists(tmp_path):
-    """The calibration branch adds config_versions.created_by_job_id; trace shows it."""
+    """A version a job created (config_versions.created_by_job_id) shows that job."""
     async with Harness(tmp_path) as h:
         base = await h.configs.pull("hardware_config")
         before = await trace(h.configs, "hardware_config", GAIN)
         assert before["changes"][0]["created_by_job_id"] is None
-        await h.store.write(Op("ALTER TABLE config_versions ADD COLUMN created_by_job_id TEXT"))
         r = await h.configs.push("hardware_config", with_gain(base["content"], "1750"),
                                  by="alice")
         await h.store.write(Op("UPDATE config_versions SET created_by_job_id = ? WHERE "

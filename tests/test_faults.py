@@ -68,11 +68,15 @@ def test_size_and_count_limits(make_daemon):
         assert c.health()["status"] == "paused"
 
 
+TINY_FS_BYTES = 2 * 1024 * 1024  # room for a fresh database with its indexes, and a batch
+
+
 @pytest.fixture
 def tiny_fs(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TINY_FS_BYTES}", "tmpfs",
+                        str(mnt)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
@@ -82,7 +86,7 @@ def tiny_fs(tmp_path):
 
 def test_disk_full_fails_job_clearly_and_daemon_survives(make_daemon, tiny_fs):
     d = make_daemon(output_root=str(tiny_fs))
-    (tiny_fs / "filler").write_bytes(b"\0" * (512 * 1024 - 8192))  # leave ~8 kB
+    (tiny_fs / "filler").write_bytes(b"\0" * (TINY_FS_BYTES - 8192))  # leave ~8 kB
     with Client(d.socket) as c:
         job = c.wait(c.submit("T1Experiment", "experiments.single_qubit.t1",
                               {"expts": 2000, "reps": 10}), timeout=60)

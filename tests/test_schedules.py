@@ -314,9 +314,12 @@ def test_labctl_schedule_round_trip_and_restart(make_daemon):
         assert c.schedule_remove(sid) == {"schedule_id": sid, "removed": True}
         with pytest.raises(NotFound):
             c.schedule_remove(sid)
-        with pytest.raises(InvalidParams, match="update_main|extra"):
+        with pytest.raises(InvalidParams, match="bogus_field: Extra inputs"):
             c.schedule("NoOpExperiment", "experiments.diagnostics.noop", "1h",
-                       update_main=True, bogus_field=1)
+                       bogus_field=1)
+        with pytest.raises(InvalidParams, match="update_main"):  # not a calibration
+            c.schedule("NoOpExperiment", "experiments.diagnostics.noop", "1h",
+                       update_main=True)
     r = labctl(d, "schedule", "list", "--json")
     assert [s["schedule_id"] for s in json.loads(r.stdout)["schedules"]] == [sid + 1]
 

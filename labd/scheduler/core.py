@@ -270,7 +270,7 @@ class Scheduler:
                             data_file_path=out.data_file_path,
                             module_sha256=out.module_sha256,
                             module_git_rev=out.module_git_rev, results=out.results,
-                            ops=update.ops):
+                            config_versions=out.config_versions, ops=update.ops):
                         update.committed()
                         self._ended(pj.job_id, out.reason.status)
             finally:

@@ -254,6 +254,7 @@ class Dispatcher:
             outcome = await asyncio.wrap_future(handle.done)
             if not run.revoked:  # preparing it failed, or it was cancelled meanwhile
                 self._release(run)
+                outcome.config_versions = run.versions
                 self.sched.finish(pj, outcome)
             return
         # the board has it; only now is it recorded as started (the board did not wait)
