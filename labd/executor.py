@@ -381,8 +381,6 @@ class Executor:
                     return
                 handle, prep = item
                 ctx = handle.ctx
-                if ctx.stop_kind is EndReason.SHUTDOWN:
-                    handle.revoke()   # never started: it stays pending for the next start
                 if not handle._take():
                     prep.log.close()
                     handle._never_starts(None)

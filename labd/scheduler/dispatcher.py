@@ -240,8 +240,9 @@ class Dispatcher:
         except StoreError as exc:
             log.error("could not start %s (%s); it stays pending", pj.job_id, exc)
             await asyncio.sleep(1.0)  # the database is failing: do not spin
-            self._release(run)
-            self.sched.requeue(pj)
+            if not run.revoked:       # (taken back meanwhile: pending again already)
+                self._release(run)
+                self.sched.requeue(pj)
             return
         except LabdError as exc:  # e.g. a pinned config version that cannot be read
             self._release(run)
@@ -252,8 +253,13 @@ class Dispatcher:
         run.handle = handle = self.executor.submit(spec, run.ctx, self._on_log)
         if not await asyncio.wrap_future(handle.started):
             outcome = await asyncio.wrap_future(handle.done)
-            if not run.revoked:  # preparing it failed, or it was cancelled meanwhile
-                self._release(run)
+            if run.revoked:      # taken back: pending again already
+                return
+            self._release(run)
+            if outcome is None:  # the executor dropped it unstarted: pending again
+                pj.attempts += 1
+                self.sched.requeue(pj)
+            else:                # preparing it failed, or it was cancelled meanwhile
                 outcome.config_versions = run.versions
                 self.sched.finish(pj, outcome)
             return
