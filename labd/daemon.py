@@ -74,6 +74,7 @@ class Daemon:
                                 s.max_connections, self.events.unsubscribe,
                                 max_reply_bytes=s.max_reply_bytes)
         await self.server.start(sock)
+        self.web = await self._start_web()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -87,6 +88,8 @@ class Daemon:
         log.info("stopping: no new jobs; stopping the running job at a safe point")
         self.notifier.send(stopping=1, status="stopping")
         await self.server.close()
+        if self.web is not None:   # dashboard: its event streams end before the scheduler
+            await self.web.close()
         await self.scheduler.stop()
         await self.server.drain(timeout=10)  # calls in flight finish before the store closes
         if watchdog:
@@ -96,7 +99,22 @@ class Daemon:
         self.router.uninstall()
         if not self.socket_activated:
             s.socket_path.unlink(missing_ok=True)
+        if self.web is not None:
+            s.web_socket_path.unlink(missing_ok=True)
         log.info("stopped")
+
+    async def _start_web(self):
+        """The dashboard (labd.web) on its own Unix socket beside the RPC one, same mode
+        and group, same identity policy; never TCP."""
+        s = self.settings
+        if not s.web_enabled:
+            return None
+        from .web import WebServer
+        web = WebServer(self.app, self.server.policy)  # the RPC calls' own policy
+        await web.start(bind_socket(s.web_socket_path, s.socket_mode, s.socket_group))
+        log.info("dashboard on %s (ssh -L 8080:%s HOST, then http://localhost:8080)",
+                 s.web_socket_path, s.web_socket_path)
+        return web
 
     def status_line(self) -> str:
         sched = self.scheduler

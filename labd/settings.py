@@ -102,10 +102,19 @@ class Settings(BaseModel):
     max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
     max_connections: int = Field(4096, ge=8)
 
+    # ---- web dashboard (labd/web): HTTP on a second Unix socket, never TCP ----------
+    web_enabled: bool = True
+    web_socket_path: Path | None = None    # None: web.sock beside socket_path
+    web_allowed_hosts: list[str] = []      # extra Host names (the forwarded name) besides
+                                           # localhost, 127.0.0.1 and [::1] (any port)
+    web_queue_rows: int = Field(10_000, ge=10, le=100_000)  # pending rows per page
+
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":
         if self.output_root is None:
             self.output_root = self.state_dir / "data"
+        if self.web_socket_path is None:
+            self.web_socket_path = self.socket_path.with_name("web.sock")
         codes = [t.code for t in self.config_types]
         names = [t.name for t in self.config_types]
         if len(set(codes)) != len(codes) or len(set(names)) != len(names):
