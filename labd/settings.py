@@ -107,7 +107,7 @@ class Settings(BaseModel):
     web_socket_path: Path | None = None    # None: web.sock beside socket_path
     web_allowed_hosts: list[str] = []      # extra Host names (the forwarded name) besides
                                            # localhost, 127.0.0.1 and [::1] (any port)
-    web_queue_rows: int = Field(10_000, ge=10, le=100_000)  # pending rows per page
+    web_queue_rows: int = Field(500, ge=10, le=10_000)  # pending rows per queue page
 
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":

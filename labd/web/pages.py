@@ -4,6 +4,7 @@ admin, priority caps, ...) are exactly those of labctl; templates autoescape eve
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
 from datetime import date, datetime, time as dtime, timedelta, timezone
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import jinja2
+from markupsafe import Markup, escape
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 STATIC = {"app.js": "application/javascript", "style.css": "text/css"}
 LOG_TAIL_BYTES = 16 * 1024
 HISTORY_PAGE = 50
+MAX_QUEUE_ROWS = 10_000     # pending rows one queue page may ask for (?rows=)
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 
 
@@ -58,11 +61,55 @@ def fmt_time(iso: str | None) -> str:
         return iso
 
 
+def pending_rows_html(rows: list[list[Any]], cols: list[str], me: str, admin: bool,
+                      paused: bool) -> Markup:
+    """The pending table's rows: the one hot spot (10k rows), so built with f-strings
+    instead of the template engine (~10x faster); every text goes through html.escape
+    (memoized: the same few user and experiment names repeat)."""
+    memo: dict[str, str] = {}
+
+    def e(v: Any) -> str:
+        v = "" if v is None else str(v)
+        out = memo.get(v)
+        if out is None:
+            out = memo[v] = html.escape(v, quote=True)
+        return out
+    ipos, ijob, iprio, iuser, ios, iexp, ieta = (cols.index(c) for c in (
+        "position", "job_id", "priority", "user", "os_user", "experiment_class", "eta_s"))
+    unknown = "paused" if paused else "unknown"
+    out = []
+    for r in rows:
+        jid = html.escape(r[ijob], quote=True)
+        user, os_user = r[iuser], r[ios]
+        owner = e(user) if user == os_user else f"{e(user)} ({e(os_user)})"
+        eta = unknown if r[ieta] is None else fmt_duration(r[ieta])
+        pos = int(r[ipos])
+        why = "paused" if paused else ("next" if pos == 1 else "queue")
+        prio = int(r[iprio])
+        acts = ""
+        if admin or os_user == me:
+            acts = (f'<button formaction="/jobs/{jid}/cancel" data-action="cancel">'
+                    f'Cancel</button><button formaction="/jobs/{jid}/hold" '
+                    f'data-action="hold">Hold</button><button formaction="/jobs/'
+                    f'{jid}/priority" name="priority" value="{prio - 1}" title="lower '
+                    f'priority">−</button>')
+        out.append(f'<tr data-job="{jid}"><td>{pos}<td><a href="/jobs/{jid}">{jid}</a>'
+                   f'<td>{prio}<td>{owner}<td>{e(r[iexp])}<td>{eta}<td class="why">{why}'
+                   f'<td class="acts">{acts}</tr>\n')
+    return Markup("".join(out))
+
+
 def _params(model: Any, **values: Any) -> Any:
     try:
         return model.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise InvalidParams(describe_validation(exc)) from None
+
+
+def _page_query(offset: int, rows: int, default_rows: int) -> str:
+    q = {k: v for k, v in (("offset", offset), ("rows", rows)) if v and
+         not (k == "rows" and v == default_rows)}
+    return "?" + urlencode(q) if q else ""
 
 
 def _safe_next(value: str | None, default: str = "/") -> str:
@@ -114,7 +161,8 @@ class Pages:
         peer = request["peer"]
         text = self.env.get_template(template).render(
             peer=peer, is_admin=peer.is_admin, csrf=self.server.csrf_token(peer),
-            instance=self.server.instance, path=request.path_qs, **ctx)
+            instance=self.server.instance, path=request.path_qs,
+            next_path=request.path_qs.removeprefix("/fragment"), **ctx)
         return web.Response(text=text, status=status, content_type="text/html",
                             charset="utf-8")
 
@@ -138,20 +186,25 @@ class Pages:
     # ---- queue -------------------------------------------------------------------------
     async def _queue_ctx(self, request: web.Request) -> dict[str, Any]:
         call = self.call(request)
-        rows_per_page = self.app.settings.web_queue_rows
         try:
             offset = max(0, int(request.query.get("offset", "0")))
+            rows_per_page = min(MAX_QUEUE_ROWS, max(1, int(request.query.get(
+                "rows", self.app.settings.web_queue_rows))))
         except ValueError:
-            raise InvalidParams("offset must be a whole number") from None
+            raise InvalidParams("offset and rows must be whole numbers") from None
         q = await queue_api.queue(call, _params(QueueParams, limit=offset + rows_per_page))
         cols = q["columns"]
-        pending = [dict(zip(cols, row)) for row in q["pending"][offset:]]
+        pending = q["pending"][offset:]
+        peer = request["peer"]
+        rows = pending_rows_html(pending, cols, peer.username, peer.is_admin, q["paused"])
         running = q["running"]
         log_tail = ""
         if running is not None:
             log_tail = await self._log_tail(call, running["job_id"])
-        return {"q": q, "pending": pending, "running": running, "log_tail": log_tail,
+        return {"q": q, "pending": pending, "pending_rows": rows, "running": running, "log_tail": log_tail,
                 "offset": offset, "rows_per_page": rows_per_page,
+                "page_query": _page_query(offset, rows_per_page,
+                                          self.app.settings.web_queue_rows),
                 "eta_running": self.app.scheduler.time_to_free() if running else None}
 
     async def _log_tail(self, call: Call, job_id: str) -> str:

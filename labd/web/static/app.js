@@ -31,15 +31,19 @@
   }
 
   // ---- fragment refresh (debounced; one fetch at a time) ----
-  let timer = null, inflight = false, again = false;
+  // A burst of events (a 10k-job batch) costs at most one fetch per interval, and the
+  // interval grows with the fetch's own cost: a big queue page never loads the daemon.
+  let timer = null, inflight = false, again = false, notBefore = 0;
   function refresh(delay) {
     if (!live || timer) return;
-    timer = setTimeout(doRefresh, delay === undefined ? 200 : delay);
+    const wait = Math.max(delay === undefined ? 250 : delay, notBefore - Date.now());
+    timer = setTimeout(doRefresh, wait);
   }
   async function doRefresh() {
     timer = null;
     if (inflight) { again = true; return; }
     inflight = true;
+    const t0 = Date.now();
     try {
       const r = await fetch(live.dataset.fragment, { headers: { Accept: "text/html" }, cache: "no-store" });
       if (r.ok) {
@@ -49,6 +53,7 @@
       }
     } catch (e) { /* the event stream's reconnect will refresh again */ }
     finally {
+      notBefore = Date.now() + Math.max(500, 5 * (Date.now() - t0));
       inflight = false;
       if (again) { again = false; refresh(); }
     }
@@ -124,7 +129,7 @@
   // ---- actions: the same rules as labctl; forms work without JS too ----
   document.addEventListener("submit", async (e) => {
     const form = e.target;
-    if (form.id !== "act") return;
+    if (!form.classList || !form.classList.contains("act")) return;
     e.preventDefault();
     const btn = e.submitter;
     const url = btn && btn.formAction ? btn.formAction : form.action;
@@ -151,6 +156,7 @@
     nb.addEventListener("click", () => Notification.requestPermission().then(() => { nb.hidden = true; }));
   }
 
-  scrollLogs();
+  // after the first paint: reading scrollHeight forces a layout of the whole page
+  window.addEventListener("load", () => requestAnimationFrame(scrollLogs));
   connect();
 })();
