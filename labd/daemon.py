@@ -110,8 +110,14 @@ class Daemon:
         if not s.web_enabled:
             return None
         from .web import WebServer
+        try:  # a dashboard that cannot start must not keep the scheduler from serving
+            sock = bind_socket(s.web_socket_path, s.socket_mode, s.socket_group)
+        except (OSError, RuntimeError) as exc:
+            log.error("dashboard not started: %s (set web_socket_path to a directory labd "
+                      "may write, or web_enabled = false)", exc)
+            return None
         web = WebServer(self.app, self.server.policy)  # the RPC calls' own policy
-        await web.start(bind_socket(s.web_socket_path, s.socket_mode, s.socket_group))
+        await web.start(sock)
         log.info("dashboard on %s (ssh -L 8080:%s HOST, then http://localhost:8080)",
                  s.web_socket_path, s.web_socket_path)
         return web

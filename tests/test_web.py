@@ -219,29 +219,39 @@ async def test_hostile_text_is_escaped(make_daemon):
     assert esc in page and held              # the user name
 
 
-async def test_events_stream_pushes_job_events_with_owner(make_daemon):
-    d = make_daemon()
+async def test_events_stream_coalesces_changes_and_sends_own_job_endings(make_daemon):
+    d = make_daemon(max_batch=10_000)
     conn = aiohttp.UnixConnector(path=web_sock(d))
     async with aiohttp.ClientSession(connector=conn) as s:
         async with s.get("http://localhost/events",
-                         timeout=aiohttp.ClientTimeout(total=30)) as r:
+                         timeout=aiohttp.ClientTimeout(total=60)) as r:
             assert r.headers["Content-Type"].startswith("text/event-stream")
-            hello = None
-            while hello is None:
-                line = (await r.content.readline()).decode()
-                if line.startswith("data: "):
-                    hello = json.loads(line[6:])
+
+            async def message() -> dict:
+                while True:
+                    line = (await asyncio.wait_for(r.content.readline(), 30)).decode()
+                    if line.startswith("data: "):
+                        return json.loads(line[6:])
+            hello = await message()
             assert hello["uid"] == os.geteuid() and len(hello["csrf"]) == 64
-            job = (await asyncio.to_thread(rpc_ok, d, "submit", **NOOP))["job_id"]
-            seen = []
-            while not any(e.get("terminal") for e in seen):
-                line = (await asyncio.wait_for(r.content.readline(), 30)).decode()
-                if line.startswith("data: "):
-                    ev = json.loads(line[6:])
-                    if ev.get("job_id") == job and ev["type"] == "job":
-                        seen.append(ev)
-    assert seen[0]["status"] == "pending" and seen[-1]["status"] == "completed"
-    assert all(e["os_uid"] == os.geteuid() for e in seen)
+            await asyncio.to_thread(rpc_ok, d, "pause")
+            assert (await message()) == {"type": "changed"}
+            # 2000 submits: the page hears "changed" a few times, not 2000 events
+            await asyncio.to_thread(rpc_ok, d, "submit_batch", jobs=[NOOP] * 2000)
+            assert (await message()) == {"type": "changed"}
+            await asyncio.to_thread(rpc_ok, d, "resume")
+            ended = []
+            changes = 0
+            while len(ended) < 2000:
+                m = await message()
+                if m["type"] == "changed":
+                    changes += 1
+                elif m["type"] == "job":
+                    ended.append(m)
+    assert all(e["terminal"] and e["os_uid"] == os.geteuid() and e["os_user"]
+               for e in ended)
+    assert {e["status"] for e in ended} == {"completed"}
+    assert changes < 200
 
 
 async def test_admin_actions_pause_resume(make_daemon):
@@ -298,3 +308,18 @@ def test_other_user_sees_and_may_act_only_on_own_jobs(make_daemon):
     assert status == 200, body
     assert rpc_ok(d, "get", job_id=theirs)["status"] == "cancelled"
     assert rpc_ok(d, "get", job_id=mine)["status"] == "pending"
+
+
+def test_wheel_ships_templates_and_static(tmp_path):
+    """A non-editable install has the dashboard's templates, script and style (package
+    data: no CDN, nothing fetched at run time)."""
+    import zipfile
+    from daemon_harness import REPO
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
+    (whl,) = tmp_path.glob("labd-*.whl")
+    names = set(zipfile.ZipFile(whl).namelist())
+    tdir = REPO / "labd" / "web" / "templates"
+    for f in [*(f"templates/{p.name}" for p in tdir.glob("*.html")), "static/app.js",
+              "static/style.css"]:
+        assert f"labd/web/{f}" in names, f

@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-SSE_QUEUE = 2000            # events buffered per page; beyond it the page is told to resync
+SSE_QUEUE = 2000            # events buffered per page; beyond it the page re-fetches instead
+CHANGED_MIN_S = 0.25        # at most this often a page hears "something changed"
 SSE_KEEPALIVE_S = 15.0      # a comment line: keeps ssh tunnels and proxies from idling out
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -63,12 +64,18 @@ class WebConn:
 
 
 class SseClient:
-    """One open page's event stream: an EventBus subscriber with a bounded queue."""
+    """One open page's event stream, an EventBus subscriber. Progress and log lines go
+    out as they come; job and queue changes are coalesced into one "changed" message at
+    most every CHANGED_MIN_S (the page then re-fetches its fragment), so a burst of 10k
+    submits costs a page a few messages, not 10k. The viewer's own jobs ending are sent
+    as themselves (for browser notifications). Delivery is O(1) and never blocks."""
 
     def __init__(self, hub: "EventHub", peer: Peer, job_id: str | None) -> None:
         self.hub, self.peer, self.job_id = hub, peer, job_id
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SSE_QUEUE)
-        self.overflow = False
+        self.items: deque[dict[str, Any]] = deque()
+        self.changed = False
+        self.closed = False
+        self.wake = asyncio.Event()
 
     def wants(self, event: dict[str, Any]) -> bool:
         if event.get("type") == "queue":
@@ -76,17 +83,29 @@ class SseClient:
         return self.job_id is None or event.get("job_id") == self.job_id
 
     def deliver(self, event: dict[str, Any]) -> None:
-        if self.overflow:
+        kind = event.get("type")
+        if kind == "job":
+            self.changed = True
+            if event.get("terminal"):
+                ev = self.hub.enrich(event)
+                if ev.get("os_uid") == self.peer.uid:
+                    self._push(ev)
+        elif kind == "queue":
+            self.changed = True
+        else:
+            self._push(event)
+        self.wake.set()
+
+    def _push(self, event: dict[str, Any]) -> None:
+        if len(self.items) >= SSE_QUEUE:   # the page fell behind: it re-fetches instead
+            self.items.clear()
+            self.changed = True
             return
-        try:
-            self.queue.put_nowait(self.hub.enrich(event))
-        except asyncio.QueueFull:
-            self.overflow = True   # the page re-fetches its fragment instead
-            try:
-                self.queue.get_nowait()
-                self.queue.put_nowait({"type": "resync"})
-            except (asyncio.QueueEmpty, asyncio.QueueFull):
-                pass
+        self.items.append(event)
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
 
 
 class EventHub:
@@ -127,17 +146,16 @@ class EventHub:
     def close(self) -> None:
         self.closing = True
         for c in list(self.clients):
-            try:
-                c.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                c.queue.get_nowait()
-                c.queue.put_nowait(None)
+            c.close()
 
 
 def _sse(event: dict[str, Any], name: str | None = None) -> bytes:
     head = f"event: {name}\n" if name else ""
     return (head + "data: " + json.dumps(event, separators=(",", ":"),
                                          default=str) + "\n\n").encode()
+
+
+_CHANGED = b'data: {"type":"changed"}\n\n'
 
 
 def http_status(exc: LabdError) -> int:
@@ -233,24 +251,28 @@ class WebServer:
             await resp.write(b"retry: 2000\n" + _sse(
                 {"instance": self.instance, "uid": peer.uid, "user": peer.username,
                  "csrf": self.csrf_token(peer)}, "hello"))
-            while not self.hub.closing:
+            last_changed = 0.0
+            while not client.closed:
                 try:
-                    ev = await asyncio.wait_for(client.queue.get(), SSE_KEEPALIVE_S)
+                    await asyncio.wait_for(client.wake.wait(), SSE_KEEPALIVE_S)
                 except asyncio.TimeoutError:
                     await resp.write(b": keepalive\n\n")
                     continue
-                if ev is None:
+                client.wake.clear()
+                if client.closed:
                     break
-                chunks = [ev]
-                while not client.queue.empty() and len(chunks) < 500:
-                    chunks.append(client.queue.get_nowait())
-                if any(c is None for c in chunks):
-                    break
-                if any(c.get("type") == "resync" for c in chunks):
-                    client.overflow = False
-                    await resp.write(_sse({}, "resync"))
-                    continue
-                await resp.write(b"".join(_sse(c) for c in chunks))
+                if client.items:
+                    items = list(client.items)
+                    client.items.clear()
+                    await resp.write(b"".join(_sse(e) for e in items))
+                if client.changed:
+                    loop = asyncio.get_running_loop()
+                    pause = last_changed + CHANGED_MIN_S - loop.time()
+                    if pause > 0:   # let more changes pile up into this one message
+                        await asyncio.sleep(pause)
+                    client.changed = False
+                    last_changed = loop.time()
+                    await resp.write(_CHANGED)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:

@@ -31,8 +31,8 @@
   }
 
   // ---- fragment refresh (debounced; one fetch at a time) ----
-  // A burst of events (a 10k-job batch) costs at most one fetch per interval, and the
-  // interval grows with the fetch's own cost: a big queue page never loads the daemon.
+  // A burst of changes (a 10k-job batch) costs at most one fetch per second, or per ten
+  // times the fetch's own cost: a big queue page never loads the daemon.
   let timer = null, inflight = false, again = false, notBefore = 0;
   function refresh(delay) {
     if (!live || timer) return;
@@ -53,7 +53,7 @@
       }
     } catch (e) { /* the event stream's reconnect will refresh again */ }
     finally {
-      notBefore = Date.now() + Math.max(500, 5 * (Date.now() - t0));
+      notBefore = Date.now() + Math.max(1000, 10 * (Date.now() - t0));
       inflight = false;
       if (again) { again = false; refresh(); }
     }
@@ -97,7 +97,7 @@
     } else if (ev.type === "job") {
       notifyEnd(ev);
       refresh();
-    } else if (ev.type === "queue") {
+    } else if (ev.type === "changed") {
       refresh();
     }
   }
@@ -116,7 +116,6 @@
       hellos += 1;
       setStatus("live", "live");
     });
-    es.addEventListener("resync", () => refresh(0));
     es.onmessage = (e) => { try { onEvent(JSON.parse(e.data)); } catch (err) { /* ignore */ } };
     es.onerror = () => {
       setStatus("down", "reconnecting…");
