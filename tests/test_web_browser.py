@@ -203,3 +203,24 @@ def test_page_resyncs_after_daemon_restart(make_daemon, forward, page):
     assert rpc_ok(d, "get", job_id=job)["status"] == "cancelled"
     assert page.evaluate("window.__same_document") is True
     assert not page.errors
+
+
+def test_hold_on_one_page_shows_on_another(make_daemon, forward, page):
+    d = make_daemon()
+    rpc_ok(d, "pause")
+    job = rpc_ok(d, "submit", **NOOP)["job_id"]
+    f = forward(d)
+    other = page.context.new_page()
+    other.set_default_timeout(T)
+    for p in (page, other):
+        p.goto(f.url + "/")
+        wait_live(p)
+    page.locator(f'#pending-table tr[data-job="{job}"] [data-action="hold"]').click()
+    held = other.locator(f'.waiting tr[data-job="{job}"] .why')
+    held.wait_for()
+    assert held.inner_text() == "held"
+    assert other.locator(f'#pending-table tr[data-job="{job}"]').count() == 0
+    other.locator(f'.waiting tr[data-job="{job}"] [data-action="release"]').click()
+    page.wait_for_selector(f'#pending-table tr[data-job="{job}"]')
+    assert rpc_ok(d, "get", job_id=job)["held"] is False
+    assert not page.errors

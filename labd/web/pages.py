@@ -351,6 +351,7 @@ class Pages:
 
     def _done(self, request: web.Request, form: Any, out: dict[str, Any]
               ) -> web.StreamResponse:
+        self.server.hub.touch()
         if self._wants_json(request):
             return web.json_response({"ok": True, "result": out})
         raise web.HTTPSeeOther(_safe_next(form.get("next") if form else None))

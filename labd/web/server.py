@@ -143,6 +143,13 @@ class EventHub:
         self.clients.discard(client)
         self.app.events.unsubscribe(client)
 
+    def touch(self) -> None:
+        """Tell every open page to re-fetch: after a change the scheduler publishes no
+        event for (hold, release, priority)."""
+        for c in list(self.clients):
+            c.changed = True
+            c.wake.set()
+
     def close(self) -> None:
         self.closing = True
         for c in list(self.clients):
