@@ -85,9 +85,13 @@ def renice_browser(nice: int, keep: set[int]) -> None:
         return
     import psutil
     for child in psutil.Process().children(recursive=True):
-        if child.pid in keep or "submit-only" in " ".join(child.cmdline()):
+        try:
+            if child.pid in keep or "-only" in " ".join(child.cmdline()):
+                continue
+            tids = os.listdir(f"/proc/{child.pid}/task")
+        except (psutil.Error, OSError):   # gone meanwhile
             continue
-        for tid in os.listdir(f"/proc/{child.pid}/task"):
+        for tid in tids:
             try:
                 os.setpriority(os.PRIO_PROCESS, int(tid), nice)
             except OSError:
@@ -183,6 +187,7 @@ def main() -> None:
                         while proc.poll() is None:
                             page.reload(wait_until="domcontentloaded", timeout=60_000)
                             reloads += 1
+                            renice_browser(a.browser_nice, {d.proc.pid, fwd.pid})
                         out.setdefault("reloads_during_submits", []).append(reloads)
                     rate = float(proc.communicate(timeout=600)[0])
                     if loader is not None:

@@ -201,7 +201,9 @@ class Pages:
         log_tail = ""
         if running is not None:
             log_tail = await self._log_tail(call, running["job_id"])
-        return {"q": q, "pending": pending, "pending_rows": rows, "running": running, "log_tail": log_tail,
+        return {"q": q, "pending": pending, "pending_rows": rows,
+                "waiting_total": len(self.app.scheduler.waiting), "running": running,
+                "log_tail": log_tail,
                 "offset": offset, "rows_per_page": rows_per_page,
                 "page_query": _page_query(offset, rows_per_page,
                                           self.app.settings.web_queue_rows),

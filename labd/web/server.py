@@ -78,14 +78,15 @@ class SseClient:
         self.wake = asyncio.Event()
 
     def wants(self, event: dict[str, Any]) -> bool:
-        if event.get("type") == "queue":
+        if event.get("type") in ("queue", "job"):   # any own job ending notifies
             return True
         return self.job_id is None or event.get("job_id") == self.job_id
 
     def deliver(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "job":
-            self.changed = True
+            if self.job_id is None or event.get("job_id") == self.job_id:
+                self.changed = True
             if event.get("terminal"):
                 ev = self.hub.enrich(event)
                 if ev.get("os_uid") == self.peer.uid:
@@ -94,7 +95,8 @@ class SseClient:
             self.changed = True
         else:
             self._push(event)
-        self.wake.set()
+        if self.changed or self.items:
+            self.wake.set()
 
     def _push(self, event: dict[str, Any]) -> None:
         if len(self.items) >= SSE_QUEUE:   # the page fell behind: it re-fetches instead
