@@ -299,7 +299,7 @@ class WebServer:
     async def start(self, sock: socket.socket) -> None:
         self._runner = web.AppRunner(self.web_app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock, shutdown_timeout=2.0, backlog=256)
+        site = web.SockSite(self._runner, sock, backlog=256)
         await site.start()
 
     async def close(self) -> None:
