@@ -224,3 +224,47 @@ def test_hold_on_one_page_shows_on_another(make_daemon, forward, page):
     page.wait_for_selector(f'#pending-table tr[data-job="{job}"]')
     assert rpc_ok(d, "get", job_id=job)["held"] is False
     assert not page.errors
+
+
+def test_job_page_live_log_and_progress(make_daemon, forward, page):
+    d = make_daemon()
+    job = rpc_ok(d, "submit", experiment_class="SleepExperiment",
+                 experiment_module="experiments.diagnostics.sleep",
+                 experiment_config={"seconds": 4, "steps": 8})["job_id"]
+    f = forward(d)
+    page.goto(f.url + f"/jobs/{job}")
+    wait_live(page)
+    page.evaluate("window.__same_document = true")
+    # lines and progress arrive while it runs (pushed, no reload)
+    page.wait_for_function("() => document.getElementById('job-log').textContent"
+                           ".includes('step 2/8') && document.getElementById('job-status')"
+                           ".textContent === 'running' && document.querySelector("
+                           "'progress[data-progress-for]').value >= 0.25",
+                           timeout=30_000)
+    page.wait_for_function("() => document.getElementById('job-log').textContent"
+                           ".includes('step 8/8')", timeout=30_000)
+    page.wait_for_selector("#job-status.s-completed", timeout=30_000)
+    assert page.evaluate("window.__same_document") is True
+    assert not page.errors
+
+
+def test_works_with_javascript_off(browser, make_daemon, forward):
+    d = make_daemon()
+    rpc_ok(d, "pause")
+    job = rpc_ok(d, "submit", **NOOP)["job_id"]
+    f = forward(d)
+    ctx = browser.new_context(java_script_enabled=False)
+    try:
+        p = ctx.new_page()
+        p.set_default_timeout(T)
+        p.goto(f.url + "/")
+        row = p.locator(f'#pending-table tr[data-job="{job}"]')
+        assert row.is_visible() and "NoOpExperiment" in row.inner_text()
+        row.locator('[data-action="hold"]').click()      # a plain form POST + redirect
+        p.wait_for_selector(f'.waiting tr[data-job="{job}"]')
+        assert rpc_ok(d, "get", job_id=job)["held"] is True
+        p.goto(f.url + f"/jobs/{job}")
+        assert "held" in p.locator("dl.meta").inner_text()
+        p.screenshot(path=str(ARTIFACTS / "javascript_off.png"), full_page=True)
+    finally:
+        ctx.close()
