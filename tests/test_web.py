@@ -190,11 +190,13 @@ async def test_state_change_needs_csrf_and_matching_origin(make_daemon):
     status, body, _ = await http(d, "POST", url, headers={**good, "X-CSRF-Token": token})
     assert status == 409 and "already cancelled" in json.loads(body)["error"]
     # an open redirect is not possible through ``next``
-    job2 = rpc_ok(d, "submit", **NOOP, hold=True)["job_id"]
-    status, _, headers = await http(d, "POST", f"/jobs/{job2}/release",
-                                    headers={"Origin": "http://localhost"},
-                                    data={"csrf": token, "next": "//evil.example/"})
-    assert status == 303 and headers["Location"] == "/"
+    for target in ("//evil.example/", "/\t/evil.example", "/\\evil.example",
+                   "http://evil.example/", "javascript:alert(1)"):
+        job2 = rpc_ok(d, "submit", **NOOP, hold=True)["job_id"]
+        status, _, headers = await http(d, "POST", f"/jobs/{job2}/release",
+                                        headers={"Origin": "http://localhost"},
+                                        data={"csrf": token, "next": target})
+        assert status == 303 and headers["Location"] == "/", target
 
 
 async def test_hostile_text_is_escaped(make_daemon):

@@ -7,6 +7,7 @@ import asyncio
 import html
 import json
 import os
+import re
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,7 @@ STATIC = {"app.js": "application/javascript", "style.css": "text/css"}
 LOG_TAIL_BYTES = 16 * 1024
 HISTORY_PAGE = 50
 MAX_QUEUE_ROWS = 10_000     # pending rows one queue page may ask for (?rows=)
+_SAFE_NEXT = re.compile(r"/[A-Za-z0-9/_.~%?=&+-]*")   # no scheme, host, tab or backslash
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 
 
@@ -114,7 +116,7 @@ def _page_query(offset: int, rows: int, default_rows: int) -> str:
 
 def _safe_next(value: str | None, default: str = "/") -> str:
     """Where a no-JS form goes back to: a path on this site only."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    if value and _SAFE_NEXT.fullmatch(value) and not value.startswith("//"):
         return value
     return default
 
