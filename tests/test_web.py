@@ -128,6 +128,11 @@ async def test_pages_hold_their_content_without_js(wd):
     assert status == 200 and wd.t1_job not in hist
     status, hist, _ = await http(wd, "GET", "/history?date=2001-01-01")
     assert status == 200 and wd.t1_job not in hist
+    day = rpc_ok(wd, "get", job_id=wd.t1_job)["created_at"][:10]
+    status, hist, _ = await http(wd, "GET", f"/history?date={day}&user=root")
+    assert status == 200 and wd.t1_job in hist
+    status, hist, _ = await http(wd, "GET", "/history?date=yesterday")
+    assert status == 400 and "2026-01-31" in hist
     status, exps, _ = await http(wd, "GET", "/experiments")
     assert status == 200 and "T1Experiment" in exps and "us" in exps  # fields with units
     status, cfgs, _ = await http(wd, "GET", "/configs")
@@ -325,3 +330,18 @@ def test_wheel_ships_templates_and_static(tmp_path):
     for f in [*(f"templates/{p.name}" for p in tdir.glob("*.html")), "static/app.js",
               "static/style.css"]:
         assert f"labd/web/{f}" in names, f
+
+
+async def test_history_pages(make_daemon):
+    d = make_daemon()
+    ids = rpc_ok(d, "submit_batch", jobs=[{**NOOP, "hold": True}] * 60)["job_ids"]
+    status, page1, _ = await http(d, "GET", "/history?status=pending")
+    assert status == 200
+    shown1 = set(re.findall(r'<tr data-job="(JOB-[0-9-]+)"', page1))
+    assert len(shown1) == 50 and ids[-1] in shown1 and ids[0] not in shown1
+    nxt = re.search(r'<a href="([^"]+)" rel="next">', page1).group(1).replace("&amp;", "&")
+    assert "status=pending" in nxt
+    status, page2, _ = await http(d, "GET", nxt)
+    shown2 = set(re.findall(r'<tr data-job="(JOB-[0-9-]+)"', page2))
+    assert shown1 | shown2 == set(ids) and not shown1 & shown2
+    assert 'rel="next"' not in page2
