@@ -345,3 +345,25 @@ async def test_history_pages(make_daemon):
     shown2 = set(re.findall(r'<tr data-job="(JOB-[0-9-]+)"', page2))
     assert shown1 | shown2 == set(ids) and not shown1 & shown2
     assert 'rel="next"' not in page2
+
+
+async def test_config_pages_show_versions_diff_and_main_history(make_daemon):
+    d = make_daemon()
+    old = rpc_ok(d, "config.pull", type="hardware_config")
+    new_content = old["content"] + f"\n# {HOSTILE}\n"
+    new = rpc_ok(d, "config.push", type="hardware_config", content=new_content,
+                 message=HOSTILE)["version_id"]
+    status, page, _ = await http(d, "GET", "/configs/hardware_config")
+    assert status == 200 and new in page and old["version_id"] in page
+    assert "<script>alert" not in page                      # the push message, escaped
+    hist = page[page.index('id="main-history"'):]
+    assert hist.index(new) < hist.index(old["version_id"])   # newest first
+    status, diff, _ = await http(d, "GET", f"/configs/diff?a={old['version_id']}&b={new}")
+    assert status == 200 and 'class="d-add"' in diff and "<script>alert" not in diff
+    assert "+# &lt;script&gt;" in diff
+    status, ver, _ = await http(d, "GET", f"/configs/version/{new}")
+    assert status == 200 and "main" in ver and "# &lt;script&gt;" in ver
+    status, _, _ = await http(d, "GET", "/configs/diff?a=nonsense&b=x")
+    assert status == 400
+    status, _, _ = await http(d, "GET", "/configs/no_such_type")
+    assert status in (400, 404)

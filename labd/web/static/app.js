@@ -65,6 +65,7 @@
 
   // ---- events ----
   const notified = new Set();
+  let lastEtaRefresh = Date.now();
   function notifyEnd(ev) {
     if (!ev.terminal || ev.os_uid !== uid || notified.has(ev.job_id)) return;
     notified.add(ev.job_id);
@@ -80,6 +81,8 @@
 
   function onEvent(ev) {
     if (ev.type === "progress") {
+      // expected start times move with the running job: re-render them now and then
+      if (Date.now() - lastEtaRefresh > 30000) { lastEtaRefresh = Date.now(); refresh(); }
       document.querySelectorAll("progress").forEach((p) => {
         if (p.dataset.progressFor === ev.job_id) p.value = ev.progress;
       });
