@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import jinja2
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from aiohttp import web
 from pydantic import ValidationError
 

@@ -248,6 +248,8 @@ class WebServer:
 
     # ---- live events ---------------------------------------------------------------
     async def events(self, request: web.Request) -> web.StreamResponse:
+        if self.hub.closing:   # labd is stopping: the page reconnects to the next one
+            raise web.HTTPServiceUnavailable(text="labd is stopping")
         peer: Peer = request["peer"]
         job_id = request.query.get("job") or None
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
