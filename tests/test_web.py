@@ -367,3 +367,17 @@ async def test_config_pages_show_versions_diff_and_main_history(make_daemon):
     assert status == 400
     status, _, _ = await http(d, "GET", "/configs/no_such_type")
     assert status in (400, 404)
+
+
+@pytest.mark.parametrize("module,cls", [
+    ("amplitude_rabi", "AmplitudeRabiExperiment"), ("t2_ramsey", "T2RamseyExperiment"),
+    ("resonator_spectroscopy", "ResonatorSpectroscopyExperiment")])
+async def test_plot_with_fit_for_each_fitted_experiment(wd, module, cls):
+    job = rpc_ok(wd, "submit", experiment_class=cls,
+                 experiment_module=f"experiments.single_qubit.{module}")["job_id"]
+    done = await asyncio.to_thread(rpc_ok, wd, "wait", job_id=job, timeout=120)
+    assert done["status"] == "completed", done
+    status, page, _ = await http(wd, "GET", f"/jobs/{job}")
+    assert status == 200 and '<svg class="plot"' in page
+    fit = re.search(r'<polyline class="fit" points="([^"]*)"', page).group(1)
+    assert len(fit.split()) > 50     # the fit curve, inside the plot's range
