@@ -381,3 +381,23 @@ async def test_plot_with_fit_for_each_fitted_experiment(wd, module, cls):
     assert status == 200 and '<svg class="plot"' in page
     fit = re.search(r'<polyline class="fit" points="([^"]*)"', page).group(1)
     assert len(fit.split()) > 50     # the fit curve, inside the plot's range
+
+
+async def test_queue_page_says_why_each_job_waits(make_daemon):
+    d = make_daemon()
+    rpc_ok(d, "pause")
+    first = rpc_ok(d, "submit", **NOOP)["job_id"]
+    held = rpc_ok(d, "submit", **NOOP, hold=True)["job_id"]
+    after = rpc_ok(d, "submit", **NOOP, after=first)["job_id"]
+    later = rpc_ok(d, "submit", **NOOP, not_before="2099-01-01T00:00:00+00:00")["job_id"]
+    status, page, _ = await http(d, "GET", "/")
+    assert status == 200
+
+    def why(job: str) -> str:
+        row = re.search(rf'<tr data-job="{job}">(.*?)</tr>', page, re.S).group(1)
+        return re.search(r'class="why">([^<]*)', row).group(1)
+    assert why(first) == "paused"
+    assert why(held) == "held"
+    assert why(after) == f"after {first}"
+    assert why(later).startswith("not before 2099-01-01")
+    assert "3 waiting" in page and "1 pending" in page
