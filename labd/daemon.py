@@ -21,7 +21,7 @@ from .hardware.setpoint import Setpoint
 from .identity import AdminPolicy
 from .job_log import LogRouter
 from .notify import WebhookSender
-from .rpc_server import RpcServer, bind_socket, systemd_socket
+from .rpc_server import RpcServer, bind_socket, systemd_sockets
 from .scheduler.core import Scheduler
 from .schedules import Schedules
 from .sd_notify import Notifier
@@ -73,15 +73,17 @@ class Daemon:
         self.events.listeners.append(self._on_event)
         await self.app.schedules.start(self.app)  # overdue schedules fire once, now
 
-        sock = systemd_socket()
-        self.socket_activated = sock is not None  # then the socket is systemd's, not ours
-        if sock is None:
-            sock = bind_socket(s.socket_path, s.socket_mode, s.socket_group)
+        # socket activation: the sockets are systemd's, not ours (RPC, then dashboard)
+        activated = systemd_sockets()
+        self.socket_activated = bool(activated)
+        sock = activated[0] if activated else \
+            bind_socket(s.socket_path, s.socket_mode, s.socket_group)
         self.server = RpcServer(load_methods(), AdminPolicy(s.admin_group, s.admin_users),
                                 lambda conn: Call(self.app, conn), s.max_frame_bytes,
                                 s.max_connections, self.events.unsubscribe,
                                 max_reply_bytes=s.max_reply_bytes)
         await self.server.start(sock)
+        self.web = await self._start_web(activated[1] if len(activated) > 1 else None)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -96,6 +98,8 @@ class Daemon:
         self.notifier.send(stopping=1, status="stopping")
         await self.server.close()
         await self.app.schedules.stop()   # before the scheduler stops taking jobs
+        if self.web is not None:   # dashboard: its event streams end before the scheduler
+            await self.web.close()
         await self.scheduler.stop()
         await self.server.drain(timeout=10)  # calls in flight finish before the store closes
         await self.webhooks.stop(s.notify_drain_s)  # bounded: a dead receiver waits no longer
@@ -106,7 +110,30 @@ class Daemon:
         self.router.uninstall()
         if not self.socket_activated:
             s.socket_path.unlink(missing_ok=True)
+        if self.web is not None and len(activated) < 2:
+            s.web_socket_path.unlink(missing_ok=True)
         log.info("stopped")
+
+    async def _start_web(self, sock: Any = None):
+        """The dashboard (labd.web) on its own Unix socket beside the RPC one, same mode
+        and group, same identity policy; never TCP. ``sock``: systemd's, when activated."""
+        s = self.settings
+        if not s.web_enabled:
+            return None
+        from .web import WebServer
+        try:  # a dashboard that cannot start must not keep the scheduler from serving
+            if sock is None:
+                sock = bind_socket(s.web_socket_path, s.socket_mode, s.socket_group)
+        except (OSError, RuntimeError) as exc:
+            log.error("dashboard not started: %s (set web_socket_path to a directory labd "
+                      "may write, or web_enabled = false)", exc)
+            return None
+        web = WebServer(self.app, self.server.policy)  # the RPC calls' own policy
+        await web.start(sock)
+        where = sock.getsockname() or s.web_socket_path
+        log.info("dashboard on %s (ssh -L 8080:%s HOST, then http://localhost:8080)",
+                 where, where)
+        return web
 
     def status_line(self) -> str:
         sched = self.scheduler

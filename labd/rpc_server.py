@@ -270,14 +270,15 @@ def bind_socket(path: os.PathLike, mode: int, group: str | None) -> socket.socke
     return sock
 
 
-def systemd_socket() -> socket.socket | None:
-    """The listening socket passed by systemd socket activation (LISTEN_FDS), if any."""
+def systemd_sockets() -> list[socket.socket]:
+    """The listening sockets passed by systemd socket activation (LISTEN_FDS), in the
+    order of labd.socket's ListenStream lines: the RPC socket, then the dashboard's."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return None
-    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
-        return None
+        return []
+    n = int(os.environ.get("LISTEN_FDS", "0"))
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)
-    sock = socket.socket(fileno=3)
-    sock.setblocking(False)
-    return sock
+    socks = [socket.socket(fileno=3 + i) for i in range(n)]
+    for sock in socks:
+        sock.setblocking(False)
+    return socks

@@ -154,10 +154,19 @@ class Settings(BaseModel):
         return [e.strip() for e in v]
     calibrations: list[CalibrationSetting] = []   # calibrate-when-stale (issue #13)
 
+    # ---- web dashboard (labd/web): HTTP on a second Unix socket, never TCP ----------
+    web_enabled: bool = True
+    web_socket_path: Path | None = None    # None: web.sock beside socket_path
+    web_allowed_hosts: list[str] = []      # extra Host names (the forwarded name) besides
+                                           # localhost, 127.0.0.1 and [::1] (any port)
+    web_queue_rows: int = Field(500, ge=10, le=10_000)  # pending rows per queue page
+
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":
         if self.output_root is None:
             self.output_root = self.state_dir / "data"
+        if self.web_socket_path is None:
+            self.web_socket_path = self.socket_path.with_name("web.sock")
         codes = [t.code for t in self.config_types]
         names = [t.name for t in self.config_types]
         if len(set(codes)) != len(codes) or len(set(names)) != len(names):

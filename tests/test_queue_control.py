@@ -224,3 +224,17 @@ def test_eta_follows_the_running_jobs_progress(client):
     assert 0.8 < eta < 2.8  # ~3 s x (1 - progress) left
     client.cancel(long)
     assert client.wait(nxt, timeout=20).is_successful()
+
+
+async def test_hold_and_priority_changes_are_published(tmp_path):
+    """Open dashboards and `labctl watch` learn of a hold or a priority change made from
+    anywhere (the event bus), not only of the ones they made themselves."""
+    from sched_harness import ALICE, ROOT, Harness
+    async with Harness(tmp_path) as h:
+        await h.sched.set_paused(ROOT, True)
+        job = await h.submit()
+        await h.sched.set_held(ALICE, job, True)
+        await h.sched.set_priority(ALICE, job, -3)
+        changes = [(e.get("held"), e.get("priority")) for e in h.log
+                   if e.get("type") == "job" and e.get("job_id") == job]
+        assert changes[-2:] == [(True, 0), (True, -3)]

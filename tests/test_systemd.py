@@ -77,20 +77,27 @@ def test_sysusers_and_tmpfiles_apply(tmp_path):
 
 
 def test_socket_activation(make_daemon):
+    """Both sockets of labd.socket are systemd's: RPC and the dashboard's HTTP socket."""
     d = make_daemon(start=False)
     activated = d.root / "activated.sock"
+    web = d.root / "activated-web.sock"
     env = d.environment()
-    d.command_prefix = ["systemd-socket-activate", "-l", str(activated),
+    d.command_prefix = ["systemd-socket-activate", "-l", str(activated), "-l", str(web),
                         *[f"-E{k}={env[k]}" for k in ("PYTHONPATH", "HOME") if k in env]]
     d.socket = activated  # the harness connects here; labd's own socket_path stays unused
     d.start()
     assert d.rpc("health")["result"]["status"] == "ok"
-    assert not (d.root / "labd.sock").exists()  # it used the passed fd, bound nothing
+    assert not (d.root / "labd.sock").exists()  # it used the passed fds, bound nothing
+    assert not (d.root / "web.sock").exists()
     with Client(activated) as c:
         assert c.wait(c.submit("NoOpExperiment", "experiments.diagnostics.noop"),
                       timeout=20).is_successful()
+    with socket.socket(socket.AF_UNIX) as s:   # the dashboard answers on systemd's socket
+        s.connect(str(web))
+        s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        assert s.makefile("rb").readline().startswith(b"HTTP/1.")
     assert d.terminate() == 0
-    assert activated.exists()  # the socket is systemd's: labd leaves it in place
+    assert activated.exists() and web.exists()  # systemd's sockets: labd leaves them
 
 
 class NotifyListener:

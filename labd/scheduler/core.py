@@ -399,6 +399,8 @@ class Scheduler:
                 undo()
                 self._place(pj)
             raise Unavailable(f"{pj.job_id} not changed: {exc}") from None
+        # watchers (labctl watch, open dashboard pages) see the change at once
+        self.states.publish(pj.job_id, JobStatus.PENDING, held=pj.held, priority=pj.priority)
 
     async def set_held(self, peer: Peer, job_id: str, held: bool) -> dict[str, Any]:
         pj = self._own_pending(peer, job_id, "held" if held else "released")
