@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 
 browser:                ## headless Chromium for the dashboard tests (Debian's; never `playwright install`)
 	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium chromium-driver; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
 	  else echo "no chromium and not root: the browser tests will skip (apt-get install chromium)"; fi; }
 
 run: install            ## daemon on the embedded default: mock board, per-user socket + state dir
