@@ -3,8 +3,10 @@ JSON object; every figure has the physical floor measured in the same run beside
 
 - board idle gap: end of one acquire() to the start of the next, measured by the daemon's
   board thread (``board_stats``), with the queue `depth` deep, for mock T1, mock Rabi and a
-  T1 whose fit takes 200 ms; floor: one durable SQLite commit (a job's start is recorded
-  before it runs).
+  T1 whose fit takes 200 ms. The mock board takes real time per acquisition
+  (``--mock-speed``, default 0.005 x a real board: ~8 ms for these sweeps), so the next
+  job can be prepared meanwhile, as on hardware; floor: one thread handing an item to
+  another through a queue (what the board thread's hand-off can cost at least).
 - drain: mock T1 jobs per second with data files and fits.
 - submit latency with the sync Client, next to a minimal asyncio server on this machine
   that commits the same row (WAL, synchronous=FULL) before replying.
@@ -156,12 +158,33 @@ def floor_submit(path: Path, n: int) -> list[float]:
 
 
 # ---- phases ---------------------------------------------------------------------------
-def phase_gaps(out: dict, depths: list[int], measured: int) -> None:
-    """Board idle gap and drain, queue `depth` deep, for each experiment."""
+def floor_handoff_ms(n: int) -> dict[str, float]:
+    """One thread waking another through a queue: the least a board hand-off costs."""
+    import queue
+    q_in, q_out = queue.SimpleQueue(), queue.SimpleQueue()
+
+    def echo() -> None:
+        while (t := q_in.get()) is not None:
+            q_out.put(time.perf_counter() - t)
+    th = threading.Thread(target=echo)
+    th.start()
+    lat = []
+    for _ in range(n):
+        q_in.put(time.perf_counter())
+        lat.append(q_out.get() * 1e3)
+    q_in.put(None)
+    th.join()
+    return stats(lat)
+
+
+def phase_gaps(out: dict, depths: list[int], measured: int, speed: float) -> None:
+    """Board idle gap, queue `depth` deep, for each experiment; then the drain."""
     out["floor_commit_ms"] = floor_commit_ms(300)
+    out["floor_handoff_ms"] = floor_handoff_ms(1000)
+    out["mock_speed"] = speed
     for exp in (T1, RABI, SLOW_FIT):
         for depth in depths:
-            with daemon() as d, Client(d.socket, timeout=600) as c:
+            with daemon(mock_speed=speed) as d, Client(d.socket, timeout=600) as c:
                 c.pause()
                 for left in range(depth, 0, -10_000):
                     c.submit_batch([spec(exp)] * min(left, 10_000))
@@ -324,12 +347,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     ap.add_argument("--deep", action="store_true", help="also 1M pending (minutes, ~GBs)")
+    ap.add_argument("--mock-speed", type=float, default=0.005,
+                    help="mock board time per acquisition, x a real board's (gap phase)")
     a = ap.parse_args()
     out: dict = {"cpus": os.cpu_count()}
     phase_submit(out, 300 if a.quick else 3000, 100 if a.quick else 1000)
     phase_history(out, 10_000 if a.quick else 100_000)
     depths = [100] if a.quick else [100, 10_000] + ([1_000_000] if a.deep else [])
-    phase_gaps(out, depths, 50 if a.quick else 300)
+    phase_gaps(out, depths, 50 if a.quick else 300, a.mock_speed)
     out["targets"] = TARGETS
     print(json.dumps(out, indent=2))
     for root in _roots:
