@@ -163,6 +163,9 @@ class Decision:
             self.on_commit()
 
 
+PARSED_VERSIONS_MAX = 512   # parsed main versions kept for key ages (a few kB each)
+
+
 class Calibrator:
     """Scheduler-side state: jobs that update main when they end, jobs waiting for
     calibrations, what each calibration decided, and calibrations not final yet."""
@@ -438,7 +441,7 @@ class Calibrator:
         text = await asyncio.to_thread(self.configs.read_verified, row)
         value = await asyncio.to_thread(parse_content, self.configs.ctype(row["type"]), text)
         self._parsed[version_id] = value
-        while len(self._parsed) > 64:
+        while len(self._parsed) > PARSED_VERSIONS_MAX:
             self._parsed.popitem(last=False)
         return value
 

@@ -275,6 +275,9 @@ def add_schedule_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="run with this config version instead of main")
     s.add_argument("--update-main", action="store_true",
                    help="each job's fit results update main (see labctl submit)")
+    s.add_argument("--fresh", action="append", default=[], metavar="KEY",
+                   help="each job needs this config key fresh: stale calibrations run "
+                   "first (see labctl submit)")
     s.add_argument("--start", metavar="TIME", help="first firing, ISO time with timezone "
                    "(default: one period from now); later ones every PERIOD after it")
     s = ssub.add_parser("list", parents=[common], help="schedules, next fire time, last job")
@@ -304,6 +307,8 @@ def run_schedule(args: argparse.Namespace, c: Client) -> int:
         module, cls = resolve_experiment(c, args.experiment)
         pins = dict(p.split("=", 1) for p in args.pin)
         extra = {"update_main": True} if args.update_main else {}
+        if args.fresh:
+            extra["fresh"] = args.fresh
         r = c.schedule(cls, module, args.every,
                        load_expt_config(args.config_file, args.param), start=args.start,
                        user=args.user, priority=args.priority, time_limit_s=args.time_limit,

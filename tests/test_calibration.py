@@ -10,6 +10,7 @@ import json
 import re
 import sqlite3
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -193,6 +194,12 @@ def test_failed_or_cancelled_jobs_never_update(make_daemon, tmp_path):
     call(d, "cancel", job_id=r["job_id"])
     job = wait(d, r["job_id"])
     assert job["status"] == "cancelled" and job["config_update"]["applied"] is False
+    # cancelled while still pending: it never ran, and says so
+    r = submit(d, FAKE, {"value": 45.0}, update_main=True, hold=True)
+    call(d, "cancel", job_id=r["job_id"])
+    job = wait(d, r["job_id"])
+    assert job["config_update"] == {"applied": False,
+                                    "reason": "the job ended before it ran (cancelled)"}
     assert main_content(d)[0] == base
 
 
@@ -268,6 +275,28 @@ def test_needs_fresh_of_the_experiment_triggers_the_calibration(make_daemon):
     [cal_id] = r["calibrations"]
     job = wait(d, r["job_id"])
     assert job["status"] == "completed"
+    assert job["config_versions"][HW] == wait(d, cal_id)["config_update"]["version_id"]
+
+
+def test_retried_and_scheduled_jobs_needing_fresh_keys_calibrate_first(make_daemon):
+    """A retry, or a schedule's firing, is a submit: stale calibrations go first for it
+    too (a rerun pins the exact versions it ran with instead)."""
+    d = _calibrating_daemon(make_daemon, max_age_s=0)
+    r = submit(d, NOOP, fresh=[T1_KEY], hold=True)
+    call(d, "cancel", job_id=r["job_id"])
+    wait(d, r["calibrations"][0])
+    again = call(d, "retry", job_id=r["job_id"])
+    job = wait(d, again["job_id"])
+    assert job["status"] == "completed" and job["fresh"] == [T1_KEY]
+    [cal_id] = job["calibrated_by"]
+    assert cal_id != r["calibrations"][0]
+    assert job["config_versions"][HW] == wait(d, cal_id)["config_update"]["version_id"]
+    start = datetime.now(timezone.utc).isoformat()
+    s = call(d, "schedule.add", every_s=3600, start=start, submit={
+        "experiment_class": NOOP[0], "experiment_module": NOOP[1], "fresh": [T1_KEY]})
+    fired = until(lambda: call(d, "history", batch_id=f"SCHED-{s['schedule_id']}")["jobs"])
+    job = wait(d, fired[0]["job_id"])
+    [cal_id] = job["calibrated_by"]
     assert job["config_versions"][HW] == wait(d, cal_id)["config_update"]["version_id"]
 
 

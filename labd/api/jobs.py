@@ -48,16 +48,16 @@ async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[st
     return job
 
 
-async def _resubmit(call: Call, src: Any, *, pins: dict[str, str],
-                    batch_id: str | None) -> dict[str, Any]:
-    """A new job like ``src`` (same experiment, expt config, user, time limit), validated
-    again as a submit: the experiment may have changed since."""
-    return await _prepare(call, SubmitParams(
+def _resubmit_params(call: Call, src: Any, *, pins: dict[str, str],
+                     fresh: list[str]) -> SubmitParams:
+    """A submit like ``src`` (same experiment, expt config, user, time limit), to be
+    validated again: the experiment may have changed since."""
+    return SubmitParams(
         experiment_class=src.experiment_class, experiment_module=src.experiment_module,
         experiment_config=src.experiment_config, user=src.user,
         priority=policy.resubmit_priority(call.app.settings, call.peer, src.priority),
         time_limit_s=src.time_limit_s, config_versions=pins,
-        update_main=src.update_main), batch_id)
+        update_main=src.update_main, fresh=fresh)
 
 
 @rpc("submit", SubmitParams)
@@ -187,18 +187,21 @@ async def retry(call: Call, p: JobRef) -> dict[str, Any]:
         raise Conflict(f"{p.job_id} is {src.status.value}; only a failed or cancelled job "
                        "can be retried")
     policy.require_owner(call.peer, src.os_uid, p.job_id, "retry")
-    job = await _resubmit(call, src, pins=src.pinned_versions, batch_id=src.batch_id)
+    sp = _resubmit_params(call, src, pins=src.pinned_versions, fresh=src.fresh)
+    job = await _prepare(call, sp, src.batch_id)
     job["retry_of"] = p.job_id
-    [job_id] = await call.app.scheduler.enqueue(call.peer, [job])
-    return {"job_id": job_id, "status": "pending", "retry_of": p.job_id}
+    # (#13) it needs the same fresh keys as before: stale calibrations go first again
+    ids, _, [at] = await calib.enqueue(call, [(sp, job)], _prepare)
+    return {"job_id": ids[at], "status": "pending", "retry_of": p.job_id}
 
 
 @rpc("rerun", JobRef)
 async def rerun(call: Call, p: JobRef) -> dict[str, Any]:
-    """Submit again with the same expt config and the exact config versions it ran with."""
+    """Submit again with the same expt config and the exact config versions it ran with
+    (so no calibration runs first: the versions are the point)."""
     src = await call.app.scheduler.get(p.job_id)
     pins = src.config_versions or src.pinned_versions
-    job = await _resubmit(call, src, pins=pins, batch_id=None)
+    job = await _prepare(call, _resubmit_params(call, src, pins=pins, fresh=[]), None)
     [job_id] = await call.app.scheduler.enqueue(call.peer, [job])
     return {"job_id": job_id, "status": "pending", "rerun_of": p.job_id,
             "config_versions": pins}

@@ -194,6 +194,7 @@ class Scheduler:
     def _ended(self, job_id: str, status: JobStatus) -> None:
         """A job's outcome is stored: forget it, and release or cancel its dependents."""
         self.active.pop(job_id, None)
+        self.calibration.updating.discard(job_id)
         self._recent_final[job_id] = status
         while len(self._recent_final) > RECENT_FINAL:
             self._recent_final.popitem(last=False)
@@ -226,8 +227,13 @@ class Scheduler:
         if not self._is_pending(pj):
             return
         self._leave_pending(pj, RunPhase.FINISHING)
+        # (#13) a job that would have updated main ended before it ran: say so on it
+        ops = [Store.set_config_update(pj.job_id, {
+            "applied": False, "reason": f"the job ended before it ran ({reason.value})"})] \
+            if pj.job_id in self.calibration.updating else []
         try:
-            recorded = await self.states.ended(pj.job_id, reason, message, retry=retry)
+            recorded = await self.states.ended(pj.job_id, reason, message, retry=retry,
+                                               ops=ops)
         except StoreError as exc:
             self.requeue(pj)
             raise Unavailable(f"{pj.job_id} was not cancelled: {exc}") from None
