@@ -336,8 +336,9 @@ def run_schedule(args: argparse.Namespace, c: Client) -> int:
 def format_trace(changes: list[dict[str, Any]]) -> str:
     out = []
     for ch in changes:
-        who = ch["created_by"] + (f" (job {ch['created_by_job_id']})"
-                                  if ch.get("created_by_job_id") else "")
+        job = ch.get("created_by_job_id")
+        who = ch["created_by"] + (f" (job {job})" if job and job not in ch["created_by"]
+                                  else "")
         value = "(absent)" if ch.get("absent") else json.dumps(ch["value"])
         out.append(f"{ch['since']}  {ch['version_id']}  {value}  by {who}"
                    + (f", made main by {ch['set_by']}" if ch["set_by"] != ch["created_by"]
