@@ -1,9 +1,10 @@
 """The in-memory priority queue of runnable pending jobs: highest priority first, FIFO
 (submit order) within a priority. Push, pop, remove, reprioritize and a job's position are
 all O(log n), and the first N in run order cost O(log n + N), so neither dispatch nor a
-queue listing scans a million pending jobs. The ordering lives in a sorted list of plain
-(-priority, order, job_id) tuples (sortedcontainers); only a small slotted record per job
-stays in memory (the full job is in SQLite)."""
+queue listing scans a million pending jobs. The sorted list (sortedcontainers) holds the
+small slotted records themselves, ordered by (-priority, order, job_id): no key tuple and no
+second index per job, since a million pending jobs must fit in a few hundred MB (the full
+job is in SQLite; the scheduler's ``active`` dict finds a record by its ID)."""
 from __future__ import annotations
 
 import ctypes
@@ -17,7 +18,7 @@ _untrack.argtypes = [ctypes.py_object]
 _untrack.restype = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)   # identity: records are compared by run order only
 class PendingJob:
     """An active (not yet final) job as the scheduler tracks it. Every field is an atomic
     value (str, int, float, bool, None), so a record can never be part of a reference
@@ -39,8 +40,13 @@ class PendingJob:
     phase: str = "waiting"           # a scheduler.states.RunPhase
     attempts: int = 0                # times handed to the executor and taken back
 
-    def key(self) -> tuple[int, int, str]:
-        return (-self.priority, self.order, self.job_id)
+    def __lt__(self, other: "PendingJob") -> bool:
+        """Run order: higher priority first, then submit order (then ID, never equal)."""
+        if self.priority != other.priority:
+            return self.priority > other.priority
+        if self.order != other.order:
+            return self.order < other.order
+        return self.job_id < other.job_id
 
     def summary(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "user": self.user, "os_user": self.os_user,
@@ -57,57 +63,43 @@ def untrack(record: PendingJob) -> PendingJob:
 
 
 class PendingQueue:
+    """Runnable jobs in run order. A record's priority or order must not change while it
+    is in here: take it out, change it, push it again."""
+
     def __init__(self) -> None:
-        self._order = SortedList()                 # (-priority, order, job_id)
-        self._jobs: dict[str, PendingJob] = {}
+        self._order = SortedList()                 # PendingJob records, in run order
         self._next_order = 0
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return len(self._order)
 
-    def __contains__(self, job_id: str) -> bool:
-        return job_id in self._jobs
-
-    def __iter__(self) -> Iterator[PendingJob]:
-        return iter(self._jobs.values())
-
-    def get(self, job_id: str) -> PendingJob | None:
-        return self._jobs.get(job_id)
+    def __contains__(self, job: PendingJob) -> bool:
+        i = self._order.bisect_left(job)
+        return i < len(self._order) and self._order[i] is job
 
     def push(self, job: PendingJob) -> None:
         """Add a runnable job; it keeps its submit order (a job given none gets the next)."""
         if job.order < 0:
             job.order = self._next_order
         self._next_order = max(self._next_order, job.order + 1)
-        self._jobs[job.job_id] = job
-        self._order.add(job.key())
+        self._order.add(job)
 
     def peek(self) -> PendingJob | None:
-        return self._jobs[self._order[0][2]] if self._order else None
+        return self._order[0] if self._order else None
 
     def pop(self) -> PendingJob | None:
-        if not self._order:
-            return None
-        return self._jobs.pop(self._order.pop(0)[2])
+        return self._order.pop(0) if self._order else None
 
-    def remove(self, job_id: str) -> PendingJob | None:
-        job = self._jobs.pop(job_id, None)
-        if job is not None:
-            self._order.remove(job.key())
-        return job
+    def remove(self, job: PendingJob) -> bool:
+        if job not in self:
+            return False
+        self._order.remove(job)
+        return True
 
-    def reprioritize(self, job_id: str, priority: int) -> None:
-        job = self._jobs[job_id]
-        self._order.remove(job.key())
-        job.priority = priority
-        self._order.add(job.key())
-
-    def position(self, job_id: str) -> int | None:
+    def position(self, job: PendingJob) -> int | None:
         """1-based place in the run order."""
-        job = self._jobs.get(job_id)
-        return None if job is None else self._order.bisect_left(job.key()) + 1
+        return self._order.bisect_left(job) + 1 if job in self else None
 
     def ordered(self, limit: int | None = None) -> list[PendingJob]:
         """Pending jobs in the order they will run (the first ``limit`` of them)."""
-        keys = self._order.islice(0, limit)
-        return [self._jobs[k[2]] for k in keys]
+        return list(self._order.islice(0, limit))

@@ -23,11 +23,13 @@ ops = st.lists(st.one_of(
 @given(ops)
 def test_matches_naive_model(operations):
     q = PendingQueue()
+    records: dict[str, PendingJob] = {}
     model: list[tuple[int, int, str]] = []  # (-prio, seq, id)
     seq = 0
     for op, arg in operations:
         if op == "push":
-            q.push(job(seq, arg))
+            records[f"J{seq}"] = rec = job(seq, arg)
+            q.push(rec)
             model.append((-arg, seq, f"J{seq}"))
             seq += 1
         elif op == "pop":
@@ -37,13 +39,13 @@ def test_matches_naive_model(operations):
             assert (got.job_id if got else None) == expected
         else:
             jid = f"J{arg}"
-            removed = q.remove(jid)
+            removed = jid in records and q.remove(records[jid])
             present = [m for m in model if m[2] == jid]
-            assert (removed is not None) == bool(present)
+            assert removed == bool(present)
             model = [m for m in model if m[2] != jid]
         model.sort()
         assert [j.job_id for j in q.ordered()] == [m[2] for m in model]
         assert [j.job_id for j in q.ordered(2)] == [m[2] for m in model[:2]]
         assert len(q) == len(model)
         for pos, m in enumerate(model, 1):
-            assert q.position(m[2]) == pos
+            assert q.position(records[m[2]]) == pos
