@@ -162,6 +162,17 @@ async def test_host_header_allow_list(wd, host, ok):
     assert (status == 200) if ok else status in (400, 421), (host, status)
 
 
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+async def test_request_without_host_header_is_refused(wd, version):
+    """No Host at all is refused like a wrong one (curl --unix-socket sends one)."""
+    reader, writer = await asyncio.open_unix_connection(web_sock(wd))
+    writer.write(f"GET / HTTP/{version}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert reply.split(b"\r\n", 1)[0].split()[1] in (b"400", b"421"), reply[:200]
+
+
 async def test_state_change_needs_csrf_and_matching_origin(make_daemon):
     d = make_daemon()
     job = rpc_ok(d, "submit", **NOOP, hold=True)["job_id"]
@@ -259,6 +270,22 @@ async def test_events_stream_coalesces_changes_and_sends_own_job_endings(make_da
                for e in ended)
     assert {e["status"] for e in ended} == {"completed"}
     assert changes < 200
+
+
+async def test_events_stream_pings_when_idle(make_daemon):
+    """The keepalive is a real event (a page's watchdog hears it), every web_keepalive_s."""
+    d = make_daemon(web_keepalive_s=0.2)
+    conn = aiohttp.UnixConnector(path=web_sock(d))
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async with s.get("http://localhost/events",
+                         timeout=aiohttp.ClientTimeout(total=60)) as r:
+            lines = []
+            while lines.count("event: ping") < 3:
+                lines.append((await asyncio.wait_for(r.content.readline(), 30))
+                             .decode().strip())
+    hello = json.loads(lines[lines.index("event: hello") + 1][6:])
+    assert hello["keepalive_s"] == 0.2
+    assert lines[lines.index("event: ping") + 1] == "data: {}"
 
 
 async def test_admin_actions_pause_resume(make_daemon):
