@@ -1,9 +1,10 @@
 """The dashboard's HTTP server (aiohttp, in the daemon's event loop) on its own Unix socket.
 
-Guards, in order, on every request: the Host header must be present and name this machine
-(localhost, 127.0.0.1, [::1], any port) against DNS rebinding; the caller's identity comes from SO_PEERCRED through the RPC AdminPolicy;
-state-changing requests need a matching Origin and a CSRF token (HMAC of the caller's
-uid with a per-daemon random secret)."""
+Guards, in order, on every request: the Host header must be present and name this
+machine (localhost, 127.0.0.1, [::1], any port) against DNS rebinding; the caller's
+identity comes from SO_PEERCRED through the RPC AdminPolicy; state-changing requests need
+a matching Origin and a CSRF token (HMAC of the caller's uid with a per-daemon random
+secret)."""
 from __future__ import annotations
 
 import asyncio
