@@ -160,6 +160,8 @@ class Settings(BaseModel):
     web_allowed_hosts: list[str] = []      # extra Host names (the forwarded name) besides
                                            # localhost, 127.0.0.1 and [::1] (any port)
     web_queue_rows: int = Field(500, ge=10, le=10_000)  # pending rows per queue page
+    web_keepalive_s: float = Field(15.0, ge=0.05, le=3600)  # SSE ping period; a page
+                                           # reconnects after 3x this without a byte
 
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":

@@ -325,8 +325,9 @@ class Store:
 
     @staticmethod
     def set_held(job_id: str, held: bool) -> Op:
-        return Op("UPDATE jobs SET held=? WHERE job_id=? AND status='pending'",
-                  (int(held), job_id), 1)
+        # a hold or release by hand ends labd's own hold: its reason no longer applies
+        return Op("UPDATE jobs SET held=?, hold_reason=NULL WHERE job_id=? AND "
+                  "status='pending'", (int(held), job_id), 1)
 
     @staticmethod
     def set_after(job_id: str, after: str | None) -> Op:

@@ -162,6 +162,17 @@ async def test_host_header_allow_list(wd, host, ok):
     assert (status == 200) if ok else status in (400, 421), (host, status)
 
 
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+async def test_request_without_host_header_is_refused(wd, version):
+    """No Host at all is refused like a wrong one (curl --unix-socket sends one)."""
+    reader, writer = await asyncio.open_unix_connection(web_sock(wd))
+    writer.write(f"GET / HTTP/{version}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert reply.split(b"\r\n", 1)[0].split()[1] in (b"400", b"421"), reply[:200]
+
+
 async def test_state_change_needs_csrf_and_matching_origin(make_daemon):
     d = make_daemon()
     job = rpc_ok(d, "submit", **NOOP, hold=True)["job_id"]
@@ -259,6 +270,22 @@ async def test_events_stream_coalesces_changes_and_sends_own_job_endings(make_da
                for e in ended)
     assert {e["status"] for e in ended} == {"completed"}
     assert changes < 200
+
+
+async def test_events_stream_pings_when_idle(make_daemon):
+    """The keepalive is a real event (a page's watchdog hears it), every web_keepalive_s."""
+    d = make_daemon(web_keepalive_s=0.2)
+    conn = aiohttp.UnixConnector(path=web_sock(d))
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async with s.get("http://localhost/events",
+                         timeout=aiohttp.ClientTimeout(total=60)) as r:
+            lines = []
+            while lines.count("event: ping") < 3:
+                lines.append((await asyncio.wait_for(r.content.readline(), 30))
+                             .decode().strip())
+    hello = json.loads(lines[lines.index("event: hello") + 1][6:])
+    assert hello["keepalive_s"] == 0.2
+    assert lines[lines.index("event: ping") + 1] == "data: {}"
 
 
 async def test_admin_actions_pause_resume(make_daemon):
@@ -401,3 +428,93 @@ async def test_queue_page_says_why_each_job_waits(make_daemon):
     assert why(after) == f"after {first}"
     assert why(later).startswith("not before 2099-01-01")
     assert "3 waiting" in page and "1 pending" in page
+
+
+def _dd(page: str, dd_id: str) -> str:
+    m = re.search(rf'<dd[^>]*id="{dd_id}"[^>]*>(.*?)</dd>', page, re.S)
+    assert m, dd_id
+    return m.group(1)
+
+
+async def test_calibration_facts_on_job_and_queue_pages(make_daemon):
+    """(#13) A job page shows update_main, fresh keys, the calibrations it waited for
+    (linked), why labd held it, and its config update (applied or why not, the version,
+    per key old -> new); the queue page says why a held job is held (one query)."""
+    from test_calibration import FAKE, T1_KEY, _calibrating_daemon
+    d = _calibrating_daemon(make_daemon, max_age_s=0, value=5000.0)
+    r = rpc_ok(d, "submit", **NOOP, fresh=[T1_KEY])
+    [cal] = r["calibrations"]
+    job = r["job_id"]
+    assert rpc_ok(d, "wait", job_id=cal, timeout=60)["status"] == "completed"
+    for _ in range(3000):     # the hold's reason is stored just after the calibration ends
+        if rpc_ok(d, "get", job_id=job)["hold_reason"]:
+            break
+        await asyncio.sleep(0.01)
+    reason = rpc_ok(d, "get", job_id=job)["hold_reason"]
+    assert reason and cal in reason
+    # the dependent
+    status, page, _ = await http(d, "GET", f"/jobs/{job}")
+    assert status == 200
+    assert T1_KEY in _dd(page, "fresh")
+    assert f'<a href="/jobs/{cal}">{cal}</a>' in _dd(page, "calibrated-by")
+    assert f"calibration {cal} did not refresh its keys" in _dd(page, "hold-reason")
+    # the calibration: not applied, and why
+    status, page, _ = await http(d, "GET", f"/jobs/{cal}")
+    assert status == 200 and "yes (hardware_config)" in _dd(page, "update-main")
+    upd = _dd(page, "config-update")
+    assert "not applied" in upd and "outside its sane range" in upd
+    # the queue: the held job says why, in the page and in the RPC listing
+    listed = [w for w in rpc_ok(d, "queue")["waiting"] if w["job_id"] == job]
+    assert listed[0]["waiting_for"] == "held" and listed[0]["hold_reason"] == reason
+    status, page, _ = await http(d, "GET", "/")
+    row = re.search(rf'<tr data-job="{job}">(.*?)</tr>', page, re.S).group(1)
+    why = re.search(r'class="why">([^<]*)', row).group(1)
+    assert why.startswith(f"held: calibration {cal} did not refresh its keys"), why
+    # released by hand, then held by hand: no stale reason
+    rpc_ok(d, "pause")
+    rpc_ok(d, "release", job_id=job)
+    rpc_ok(d, "hold", job_id=job)
+    assert rpc_ok(d, "get", job_id=job)["hold_reason"] is None
+    assert "hold_reason" not in [w for w in rpc_ok(d, "queue")["waiting"]
+                                 if w["job_id"] == job][0]
+    # an applied update: the new version (linked) and old -> new per key
+    rpc_ok(d, "resume")
+    applied = rpc_ok(d, "submit", experiment_class=FAKE[0], experiment_module=FAKE[1],
+                     experiment_config={"value": 31.5}, update_main=True)["job_id"]
+    done = rpc_ok(d, "wait", job_id=applied, timeout=60)
+    assert done["config_update"]["applied"], done
+    vid = done["config_update"]["version_id"]
+    _, page, _ = await http(d, "GET", f"/jobs/{applied}")
+    upd = _dd(page, "config-update")
+    assert upd.lstrip().startswith('<span class="applied">applied</span>')
+    assert f'new version <a href="/configs/version/{vid}">{vid}</a>' in upd
+    old = done["config_update"]["changes"][T1_KEY]["old"]
+    assert f'<span class="mono">{T1_KEY}</span>: {json.dumps(old)} → 31.5' in upd
+
+
+def test_config_update_shows_merge_and_escapes_user_text():
+    """The job template alone: a merged update, and hostile text in keys, values and
+    reasons comes out escaped."""
+    from labd.web.pages import Pages
+    job = {"job_id": "JOB-20260101-00001", "status": "completed", "experiment_class": "X",
+           "experiment_module": "m", "user": HOSTILE, "os_user": "u", "os_uid": 1,
+           "priority": 0, "created_at": "2026-01-01T00:00:00+00:00", "config_versions": {},
+           "pinned_versions": {}, "experiment_config": {}, "results": {},
+           "update_main": True, "calibration": {"config_type": HOSTILE},
+           "fresh": [HOSTILE], "calibrated_by": ["JOB-20260101-00002"], "held": True,
+           "hold_reason": HOSTILE,
+           "config_update": {"applied": False, "version_id": "CFG-HW-3",
+                             "base_version": "CFG-HW-1", "merged_with": "CFG-HW-2",
+                             "changes": {HOSTILE: {"old": HOSTILE, "new": 2.5}},
+                             "reason": HOSTILE}}
+    page = Pages(None).env.get_template("job_fragment.html").render(job=job, csrf="c")
+    assert "<script>alert" not in page
+    upd = _dd(page, "config-update")
+    assert "not applied" in upd and 'proposed version <a href="/configs/version/CFG-HW-3">' \
+        in upd
+    assert 'merged with main <a href="/configs/version/CFG-HW-2">CFG-HW-2</a>' in upd
+    assert 'ran with <a href="/configs/version/CFG-HW-1">' in upd
+    esc = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&#34;&#39;"
+    assert f"{esc}</div>" in upd                                  # the reason
+    assert esc in _dd(page, "hold-reason") and esc in _dd(page, "fresh")
+    assert f'<span class="mono">{esc}</span>: ' in upd            # the key

@@ -40,6 +40,12 @@ class Forwarder:
         assert line.strip().isdigit(), f"forwarder did not start: {line!r}"
         self.url = f"http://localhost:{int(line)}"
 
+    def freeze(self) -> None:
+        """Event streams open now go silent without closing (a half-open tunnel)."""
+        self.proc.stdin.write(b"freeze\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == b"frozen"
+
     def close(self) -> None:
         self.proc.stdin.close()   # it exits on EOF
         try:
@@ -201,6 +207,23 @@ def test_page_resyncs_after_daemon_restart(make_daemon, forward, page):
     page.locator(f'tr[data-job="{job}"] [data-action="cancel"]').click()
     page.wait_for_selector(f'tr[data-job="{job}"]', state="detached")
     assert rpc_ok(d, "get", job_id=job)["status"] == "cancelled"
+    assert page.evaluate("window.__same_document") is True
+    assert not page.errors
+
+
+def test_page_reconnects_when_its_stream_goes_silent(make_daemon, forward, page):
+    """A half-open tunnel: the event stream's socket stays open but no byte arrives. The
+    page hears no ping for 3x web_keepalive_s, reconnects and re-fetches what it missed."""
+    d = make_daemon(web_keepalive_s=0.5)
+    rpc_ok(d, "pause")
+    f = forward(d)
+    page.goto(f.url + "/")
+    wait_live(page)
+    page.evaluate("window.__same_document = true")
+    f.freeze()
+    job = rpc_ok(d, "submit", **NOOP)["job_id"]     # its "changed" is stuck in the tunnel
+    page.wait_for_selector(f'#pending-table tr[data-job="{job}"]')
+    wait_live(page)
     assert page.evaluate("window.__same_document") is True
     assert not page.errors
 

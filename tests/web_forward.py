@@ -2,7 +2,11 @@
 of ``ssh -L 8080:/run/labd-socket/web.sock station``. Standard library only, so the tests
 can run it as another account (subprocess ``user=``): the daemon then sees that account
 through SO_PEERCRED. Prints its port, and exits when its stdin closes (the test ended or
-died) or after ``max_s`` seconds: it never outlives the test run."""
+died) or after ``max_s`` seconds: it never outlives the test run.
+
+A line ``freeze`` on stdin makes the connections that carry an event stream (GET /events)
+go silent without closing, as a half-open ssh tunnel does: bytes are read from the daemon
+and never passed on. Later connections are forwarded as usual."""
 from __future__ import annotations
 
 import os
@@ -11,9 +15,30 @@ import sys
 import threading
 
 
-def pipe(src: socket.socket, dst: socket.socket) -> None:
+class Conn:
+    def __init__(self) -> None:
+        self.events = False                 # it carried GET /events
+        self.flowing = threading.Event()
+        self.flowing.set()
+
+
+conns: list[Conn] = []
+lock = threading.Lock()
+
+
+def freeze() -> None:
+    with lock:
+        for c in conns:
+            if c.events:
+                c.flowing.clear()
+
+
+def pipe(src: socket.socket, dst: socket.socket, conn: Conn, upstream: bool) -> None:
     try:
         while data := src.recv(65536):
+            if upstream and b"GET /events" in data:
+                conn.events = True
+            conn.flowing.wait()             # frozen: forever (a daemon thread)
             dst.sendall(data)
     except OSError:
         pass
@@ -33,8 +58,11 @@ def serve(unix_path: str, max_s: float) -> None:
     print(lsock.getsockname()[1], flush=True)
 
     def watch_stdin() -> None:
-        sys.stdin.buffer.read()     # EOF: the test is over
-        os._exit(0)
+        for line in sys.stdin.buffer:
+            if line.strip() == b"freeze":
+                freeze()
+                print("frozen", flush=True)
+        os._exit(0)                 # EOF: the test is over
     threading.Thread(target=watch_stdin, daemon=True).start()
     threading.Timer(max_s, os._exit, (0,)).start()
     while True:
@@ -46,8 +74,11 @@ def serve(unix_path: str, max_s: float) -> None:
             client.close()
             upstream.close()
             continue
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+        conn = Conn()
+        with lock:
+            conns.append(conn)
+        for a, b, up in ((client, upstream, True), (upstream, client, False)):
+            threading.Thread(target=pipe, args=(a, b, conn, up), daemon=True).start()
 
 
 if __name__ == "__main__":

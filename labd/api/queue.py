@@ -3,6 +3,9 @@ health."""
 from __future__ import annotations
 
 import itertools
+import json
+import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -16,13 +19,31 @@ from .params import JobRef, NoParams, PriorityParams, QueueParams, SubscribePara
 QUEUE_COLUMNS = ["position", "job_id", "priority", "user", "os_user", "experiment_class",
                  "batch_id", "eta_s"]  # submit times are in get/history: rows stay small
 TOPICS = ("job", "progress", "log", "queue")
+log = logging.getLogger(__name__)
+
+
+async def hold_reasons(call: Call, job_ids: list[str]) -> dict[str, str]:
+    """Why these held jobs are held, where labd held them itself (#13: a calibration they
+    needed did not refresh its keys): one query for all (the reason lives in the DB only).
+    A read error leaves the reasons out rather than failing the listing."""
+    if not job_ids:
+        return {}
+    try:
+        rows = await call.app.store.fetchall(
+            "SELECT job_id, hold_reason FROM jobs WHERE job_id IN "
+            "(SELECT value FROM json_each(?)) AND hold_reason IS NOT NULL",
+            (json.dumps(job_ids),))
+    except sqlite3.Error as exc:
+        log.warning("queue: hold reasons not read: %s", exc)
+        return {}
+    return {r["job_id"]: r["hold_reason"] for r in rows}
 
 
 @rpc("queue", QueueParams)
 async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
     """Pending jobs in run order, as rows of QUEUE_COLUMNS (compact: a 10k-job queue is
     one small frame), plus the running job and the jobs that wait (held, after, not
-    before). ``eta_s``: expected seconds until the job starts: the running job's remaining
+    before; a job labd held itself says why in ``hold_reason``). ``eta_s``: expected seconds until the job starts: the running job's remaining
     time, then past run times of the experiments ahead (None once one has no history).
     Unfiltered, only the first ``limit`` jobs are looked at."""
     sched = call.app.scheduler
@@ -49,6 +70,11 @@ async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
                    (pj for pj in sched.waiting.jobs.values()
                     if (p.user is None or pj.user == p.user) and
                     (p.os_user is None or pj.os_user == p.os_user)), p.limit)]
+    reasons = await hold_reasons(call, [w["job_id"] for w in waiting
+                                        if w["waiting_for"] == "held"])
+    for w in waiting:
+        if w["job_id"] in reasons:
+            w["hold_reason"] = reasons[w["job_id"]]
     return {"running": sched.running.summary() if sched.running else None,
             "columns": QUEUE_COLUMNS, "pending": rows,
             "total_pending": sched.runnable_count,

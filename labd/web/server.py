@@ -1,10 +1,10 @@
 """The dashboard's HTTP server (aiohttp, in the daemon's event loop) on its own Unix socket.
 
-Guards, in order, on every request: the Host header must name this machine (localhost,
-127.0.0.1, [::1], any port; or be absent, as over a bare Unix socket) against DNS
-rebinding; the caller's identity comes from SO_PEERCRED through the RPC AdminPolicy;
-state-changing requests need a matching Origin and a CSRF token (HMAC of the caller's
-uid with a per-daemon random secret)."""
+Guards, in order, on every request: the Host header must be present and name this
+machine (localhost, 127.0.0.1, [::1], any port) against DNS rebinding; the caller's
+identity comes from SO_PEERCRED through the RPC AdminPolicy; state-changing requests need
+a matching Origin and a CSRF token (HMAC of the caller's uid with a per-daemon random
+secret)."""
 from __future__ import annotations
 
 import asyncio
@@ -34,16 +34,18 @@ _HOST_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SSE_QUEUE = 2000            # events buffered per page; beyond it the page re-fetches instead
 CHANGED_MIN_S = 0.25        # at most this often a page hears "something changed"
-SSE_KEEPALIVE_S = 15.0      # a comment line: keeps ssh tunnels and proxies from idling out
+SSE_KEEPALIVE_S = 15.0      # default period of the "ping" event (setting web_keepalive_s):
+                            # keeps tunnels from idling out, and a page that hears nothing
+                            # for 3x this reconnects (a half-open ssh tunnel)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
 def host_allowed(host: str | None, extra: frozenset[str]) -> bool:
-    """Host header check against DNS rebinding. No Host at all is the bare-socket case
-    (HTTP/1.0, or a client that names no host): no browser sends such a request."""
+    """Host header check against DNS rebinding. A request without one is refused too:
+    browsers and ``curl --unix-socket ... http://localhost/`` always send it."""
     if host is None:
-        return True
+        return False
     m = _HOST_RE.match(host.strip())
     if not m:
         return False
@@ -165,6 +167,7 @@ def _sse(event: dict[str, Any], name: str | None = None) -> bytes:
 
 
 _CHANGED = b'data: {"type":"changed"}\n\n'
+_PING = b"event: ping\ndata: {}\n\n"
 
 
 def http_status(exc: LabdError) -> int:
@@ -181,6 +184,7 @@ class WebServer:
         self.secret = os.urandom(32)          # per daemon run: tokens die with it
         self.instance = os.urandom(6).hex()   # pages notice a restart by this
         self.extra_hosts = frozenset(h.lower() for h in app.settings.web_allowed_hosts)
+        self.keepalive_s = float(getattr(app.settings, "web_keepalive_s", SSE_KEEPALIVE_S))
         self.hub = EventHub(app)
         self._runner: web.AppRunner | None = None
         from .pages import Pages
@@ -261,13 +265,14 @@ class WebServer:
         try:
             await resp.write(b"retry: 2000\n" + _sse(
                 {"instance": self.instance, "uid": peer.uid, "user": peer.username,
-                 "csrf": self.csrf_token(peer)}, "hello"))
+                 "csrf": self.csrf_token(peer), "keepalive_s": self.keepalive_s},
+                "hello"))
             last_changed = 0.0
             while not client.closed:
                 try:
-                    await asyncio.wait_for(client.wake.wait(), SSE_KEEPALIVE_S)
-                except asyncio.TimeoutError:
-                    await resp.write(b": keepalive\n\n")
+                    await asyncio.wait_for(client.wake.wait(), self.keepalive_s)
+                except asyncio.TimeoutError:   # a real event: the page's watchdog sees it
+                    await resp.write(_PING)
                     continue
                 client.wake.clear()
                 if client.closed:

@@ -105,12 +105,28 @@
     }
   }
 
-  let hellos = 0;
+  // A half-open connection (an ssh tunnel whose far end is gone) never errors: the
+  // daemon sends a "ping" every keepalive_s seconds (told in "hello"), and a stream
+  // silent for three of them is closed and opened again (the new hello re-fetches).
+  let hellos = 0, keepaliveMs = 15000, watchdog = null, current = null;
+  function feed(es) {
+    clearTimeout(watchdog);
+    watchdog = setTimeout(() => {
+      if (es !== current) return;
+      es.close();
+      setStatus("down", "reconnecting…");
+      connect();
+    }, 3 * keepaliveMs);
+  }
   function connect() {
     if (!window.EventSource) return;
     const es = new EventSource("/events" + (jobId ? "?job=" + encodeURIComponent(jobId) : ""));
+    current = es;
+    feed(es);
     es.addEventListener("hello", (e) => {
       const h = JSON.parse(e.data);
+      if (h.keepalive_s > 0) keepaliveMs = h.keepalive_s * 1000;
+      feed(es);
       csrf = h.csrf;   // a restarted daemon has a new secret
       document.querySelectorAll('input[name="csrf"]').forEach((i) => { i.value = csrf; });
       // Anything may have changed while we were not listening: re-fetch.
@@ -119,10 +135,16 @@
       hellos += 1;
       setStatus("live", "live");
     });
-    es.onmessage = (e) => { try { onEvent(JSON.parse(e.data)); } catch (err) { /* ignore */ } };
+    es.addEventListener("ping", () => feed(es));
+    es.onmessage = (e) => {
+      feed(es);
+      try { onEvent(JSON.parse(e.data)); } catch (err) { /* ignore */ }
+    };
     es.onerror = () => {
+      if (es !== current) return;
       setStatus("down", "reconnecting…");
       if (es.readyState === EventSource.CLOSED) {   // gave up (e.g. a 5xx): retry ourselves
+        clearTimeout(watchdog);
         setTimeout(connect, 3000);
       }
     };
