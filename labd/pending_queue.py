@@ -38,6 +38,11 @@ class PendingJob:
     not_before: float | None = None  # epoch seconds
     phase: str = "waiting"           # a scheduler.states.RunPhase
     attempts: int = 0                # times handed to the executor and taken back
+    preemptible: bool = True         # the submit did not opt out (issue #16)
+    preemptions: int = 0             # times preempted so far
+    preempted_by: str | None = None  # the latest preemption: by whom, since when
+    preempted_at: str | None = None
+    resume: bool = False             # preempted: resumes from its checkpoint
 
     def key(self) -> tuple[int, int, str]:
         return (-self.priority, self.order, self.job_id)
@@ -47,7 +52,9 @@ class PendingJob:
                 "os_uid": self.os_uid, "experiment_class": self.experiment_class,
                 "experiment_module": self.experiment_module, "priority": self.priority,
                 "created_at": self.created_at, "batch_id": self.batch_id,
-                "phase": str(self.phase)}
+                "phase": str(self.phase), **({
+                    "preemptions": self.preemptions, "preempted_by": self.preempted_by,
+                    "preempted_at": self.preempted_at} if self.preemptions else {})}
 
 
 def untrack(record: PendingJob) -> PendingJob:
@@ -75,8 +82,9 @@ class PendingQueue:
         return self._jobs.get(job_id)
 
     def push(self, job: PendingJob) -> None:
-        """Add a runnable job; it keeps its submit order (a job given none gets the next)."""
-        if job.order < 0:
+        """Add a runnable job; it keeps its submit order (a job given none, -1, gets the
+        next; a preempted job's is below every submit's: the head of its priority)."""
+        if job.order == -1:
             job.order = self._next_order
         self._next_order = max(self._next_order, job.order + 1)
         self._jobs[job.job_id] = job

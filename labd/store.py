@@ -265,8 +265,9 @@ class Store:
         """Pending jobs in submit order: the queue is rebuilt from these on start."""
         return await self.fetchall(
             "SELECT seq, job_id, user, os_user, os_uid, experiment_class, experiment_module,"
-            " priority, created_at, batch_id, held, after_job, not_before FROM jobs"
-            " WHERE status = 'pending' ORDER BY seq")
+            " priority, created_at, batch_id, held, after_job, not_before, preemptible,"
+            " preemptions, preempted_by, preempted_at, resume_versions IS NOT NULL AS resume"
+            " FROM jobs WHERE status = 'pending' ORDER BY seq")
 
     async def recent_durations(self, limit: int = 5000) -> list[aiosqlite.Row]:
         """Run times of the latest completed jobs, oldest first (for estimates)."""
@@ -317,6 +318,31 @@ class Store:
         """pending or running -> a terminal status, with its reason."""
         return Op(_END, (status, reason, finished_at, message, data_file_path, module_sha256,
                          module_git_rev, json.dumps(results or {}), job_id), 1)
+
+    # ---- preemption (issue #16) ---------------------------------------------------
+    @staticmethod
+    def set_not_preemptible(job_id: str) -> Op:
+        """A new job's opt-out (in the commit that inserts it)."""
+        return Op("UPDATE jobs SET preemptible=0 WHERE job_id=?", (job_id,), 1)
+
+    @staticmethod
+    def preempt(job_id: str, by: str, at: str, versions: dict[str, str]) -> Op:
+        """running -> pending, its checkpoint on disk: it resumes with the config versions
+        it started with (kept from its first preemption on)."""
+        return Op("UPDATE jobs SET status='pending', preemptions=preemptions+1, "
+                  "preempted_by=?, preempted_at=?, "
+                  "resume_versions=coalesce(resume_versions, ?) "
+                  "WHERE job_id=? AND status='running'",
+                  (by, at, json.dumps(versions), job_id), 1)
+
+    @staticmethod
+    def resume_after_crash(job_id: str) -> Op:
+        """A job that died while running with a checkpoint on disk: pending again, to resume
+        from it with the config versions it ran with."""
+        return Op("UPDATE jobs SET status='pending', "
+                  "resume_versions=coalesce(resume_versions, config_versions) "
+                  "WHERE job_id=? AND status='running'", (job_id,), 1)
+    # ---- end of preemption ------------------------------------------------------------
 
     @staticmethod
     def set_held(job_id: str, held: bool) -> Op:

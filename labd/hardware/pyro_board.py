@@ -71,8 +71,10 @@ class PyroBoard:
 
     def acquire(self, prog: Any, *, rounds: int, ctx: Any,
                 model: Callable[[dict[str, float]], np.ndarray],
-                shot_us: float = 0.0) -> np.ndarray:
-        """``model`` and ``shot_us`` are for the simulated board: a real one just runs."""
+                shot_us: float = 0.0,
+                round_index: tuple[int, int] | None = None) -> np.ndarray:
+        """``model``, ``shot_us`` and ``round_index`` are for the simulated board: a real
+        one just runs."""
         soc, _ = self._connected()
         try:
             prog.acquire(soc, rounds=rounds, step_rounds=True, progress=False)

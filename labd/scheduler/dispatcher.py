@@ -21,7 +21,15 @@ When the queue runs dry the loop runs one full garbage collection: a finished jo
 held in reference cycles would otherwise wait for Python's next full collection (which
 grows rarer as the heap grows), and the daemon's memory would not come back after work.
 It costs a few ms at a moment nothing waits; pending-job records are outside the cyclic
-GC, so it does not grow with the queue."""
+GC, so it does not grow with the queue.
+
+Preemption (issue #16): when a runnable job's priority exceeds the running job's by at
+least ``preempt_margin`` and the running job can yield (its experiment has safe points, its
+submit did not opt out, it was preempted fewer than ``max_preemptions`` times, it is not
+stopping and updates no main config), it is asked to yield at its next safe point, and the
+urgent job is prepared meanwhile: the board takes it the moment the running job's
+checkpoint is durable. The preempted job is then pending again at the head of its
+priority, and resumes from its checkpoint with the config versions it started with."""
 from __future__ import annotations
 
 import asyncio
@@ -169,7 +177,39 @@ class Dispatcher:
         nxt = self.next
         if nxt is not None and pj.priority > nxt.job.priority:
             self.revoke_next(f"{pj.job_id} has a higher priority")
+        elif nxt is not None and pj.resume and pj.key() < nxt.job.key():
+            self.revoke_next(f"{pj.job_id} was preempted: it resumes first")  # (#16)
+        self.consider_preempt(pj)
         self.wake()
+
+    # ---- preemption (issue #16) --------------------------------------------------------
+    def can_yield(self, run: Running) -> bool:
+        """May the running job be preempted automatically?"""
+        pj, s = run.job, self.sched
+        return (run.ctx.safe is not None and run.ctx.stop_kind is None and pj.preemptible
+                and pj.preemptions < s.settings.max_preemptions
+                and pj.job_id not in s.calibration.updating)
+
+    def consider_preempt(self, urgent: PendingJob | None = None) -> None:
+        """Ask the running job to yield if ``urgent`` (default: the most urgent runnable
+        job) outranks it by the margin."""
+        run = self.running
+        if run is None or self.sched.paused or self.sched.stopping:
+            return
+        if urgent is None:
+            heads = [self.sched.queue.peek(), self.next.job if self.next else None]
+            urgent = max((j for j in heads if j is not None), key=lambda j: j.priority,
+                         default=None)
+        if urgent is None or urgent.priority < run.job.priority + \
+                self.sched.settings.preempt_margin or not self.can_yield(run):
+            return
+        self.preempt(run, urgent.job_id)
+
+    def preempt(self, run: Running, by: str) -> None:
+        if run.ctx.request_preempt(by):
+            log.info("%s yields the board to %s at its next safe point", run.job.job_id, by)
+            self.sched.states.publish(run.job.job_id, "running", phase="preempting",
+                                      preempted_by=by)
 
     def block_starts(self) -> None:
         """No job is prepared or started until the matching ``unblock_starts``."""
@@ -261,6 +301,7 @@ class Dispatcher:
             self.next = None
         self.running = run
         self.wake()   # prepare the one after it
+        self.consider_preempt()   # (#16) one more urgent came while it was being handed over
         run.started_at, run.started_mono = spec.started_at, handle.started_mono
         if pj.phase is RunPhase.STARTING:
             pj.phase = RunPhase.RUNNING
@@ -284,6 +325,11 @@ class Dispatcher:
         if stuck is not None:
             self._flush_logs()
             self.sched.finish(pj, stuck)
+            return
+        if run.ctx.preempted and handle.claim_ok:  # (#16) yielded; its checkpoint is durable
+            await asyncio.wrap_future(handle.done)
+            self._flush_logs()
+            await self.sched.preempted(pj, run.ctx.preempt_by or "?", run.versions)
             return
         if not handle.claim_ok:  # its data are dropped: it never ran, as far as it is known
             await asyncio.wrap_future(handle.done)
@@ -313,6 +359,8 @@ class Dispatcher:
         if row is None:
             raise PreconditionFailed(f"{pj.job_id} is not in the database")
         pins = json.loads(row["pinned_versions"])
+        if row["resume_versions"]:   # (#16) preempted: resumes with what it started with
+            pins = json.loads(row["resume_versions"])
         cfg_rows = await s.configs.resolve(pins)
         out_dir = s.settings.output_root / pj.job_id.split("-")[1]
         run.versions = {name: r["version_id"] for name, r in cfg_rows.items()}
@@ -325,7 +373,7 @@ class Dispatcher:
             created_at=pj.created_at, started_at="", batch_id=pj.batch_id,
             data_path=out_dir / f"{pj.job_id}.h5", log_path=out_dir / f"{pj.job_id}.log",
             configs=cfg_rows, output_root=s.settings.output_root,
-            resume_log=pj.attempts > 0)
+            resume_log=pj.attempts > 0 or pj.resume, preemptions=row["preemptions"])
         return spec, frozenset(pins)
 
     async def _supervise(self, run: Running, fut: asyncio.Future) -> Outcome | None:
