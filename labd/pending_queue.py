@@ -44,6 +44,11 @@ class PendingJob:
     preempted_at: str | None = None
     resume: bool = False             # preempted: resumes from its checkpoint
 
+    def shown_phase(self) -> str:
+        """The phase people see: a preempted job stays "preempted" while it is prepared to
+        resume, until the board has it again."""
+        return "preempted" if self.resume and self.phase == "starting" else str(self.phase)
+
     def key(self) -> tuple[int, int, str]:
         return (-self.priority, self.order, self.job_id)
 
@@ -52,7 +57,7 @@ class PendingJob:
                 "os_uid": self.os_uid, "experiment_class": self.experiment_class,
                 "experiment_module": self.experiment_module, "priority": self.priority,
                 "created_at": self.created_at, "batch_id": self.batch_id,
-                "phase": str(self.phase), **({
+                "phase": self.shown_phase(), **({
                     "preemptions": self.preemptions, "preempted_by": self.preempted_by,
                     "preempted_at": self.preempted_at} if self.preemptions else {})}
 

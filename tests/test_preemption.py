@@ -208,3 +208,189 @@ async def test_restart_puts_a_preempted_job_at_the_head(tmp_path):
         assert await h.started() == b
         h.executor.finish(b)
         await h.final(b)
+
+
+# ---- a real daemon with the seeded mock board -------------------------------------------
+T1 = ("T1Experiment", "experiments.single_qubit.t1")
+SLEEP = ("SleepExperiment", "experiments.diagnostics.sleep")
+NOOP = ("NoOpExperiment", "experiments.diagnostics.noop")
+# 20 rounds of ~60 ms each on the mock board at mock_speed 0.1
+T1_CFG = {"reps": 100, "expts": 24, "rounds": 20, "start": 0, "step": 2}
+MOCK = {"mock_seed": 7, "mock_speed": 0.1}
+
+
+def until(pred, timeout: float = 60.0, what: str = "condition"):
+    """Bounded wait on a condition (polled: no event orders anything here)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(0.02)
+
+
+def arrays(path: str) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in ("avgi", "avgq")}
+
+
+def attrs(path: str) -> dict:
+    with h5py.File(path, "r") as f:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def reference(c) -> dict[str, np.ndarray]:
+    """The same T1, never interrupted."""
+    job = c.wait(c.submit(*T1, T1_CFG), timeout=120)
+    assert job.status == "completed", job.error_message
+    assert attrs(job.data_file_path)["preemptions"] == 0
+    return arrays(job.data_file_path)
+
+
+def preempt_with(c, urgent: tuple, cfg: dict, at: float = 0.2) -> tuple[str, str]:
+    """Start the T1, let it take some rounds, then submit the urgent job; returns both IDs
+    once the T1 is preempted."""
+    job = c.submit(*T1, T1_CFG)
+    until(lambda: (c.get(job).progress or 0) >= at, what="T1 progress")
+    u = c.submit(*urgent, cfg, priority=10)
+    if urgent == NOOP:   # over in a moment: the preemption is what is left of it
+        until(lambda: c.get(job).preemptions, what="preemption")
+    else:
+        until(lambda: c.get(job).phase == "preempted", what="preemption")
+    return job, u
+
+
+def ckpt_of(d, job_id: str) -> Path:
+    return d.state_dir / "data" / job_id.split("-")[1] / f"{job_id}.ckpt"
+
+
+def test_preempted_job_resumes_with_identical_data(make_daemon):
+    from labd_client import Client
+    d = make_daemon(**MOCK)
+    with Client(d.socket) as c:
+        ref = reference(c)
+        job, u = preempt_with(c, NOOP, {})
+        a = c.get(job)
+        assert a.preempted_by == u and a.preempted_at and a.status.value in (
+            "pending", "running")
+        done = c.wait(job, timeout=120)
+        assert done.status == "completed", done.error_message
+        assert done.preemptions == 1 and done.preempted_by == u
+        urgent = c.get(u)
+        assert urgent.status == "completed"
+        got = arrays(done.data_file_path)
+        assert np.array_equal(got["avgi"], ref["avgi"])
+        assert np.array_equal(got["avgq"], ref["avgq"])
+        meta = attrs(done.data_file_path)
+        intervals = json.loads(meta["acquisitions"])
+        assert len(intervals) == 2 and meta["preemptions"] == 1
+        # the urgent job ran in the gap between the two intervals
+        assert intervals[0][1] <= urgent.started_at <= intervals[1][0]
+        assert not ckpt_of(d, job).exists()   # the data file holds it all now
+
+
+def test_kill_9_while_preempted_and_while_resuming(make_daemon):
+    from labd_client import Client
+    d = make_daemon(**MOCK)
+    with Client(d.socket) as c:
+        ref = reference(c)
+        job, u = preempt_with(c, SLEEP, {"seconds": 60})
+        assert ckpt_of(d, job).exists()
+    d.kill()                                  # while preempted
+    d.start()
+    with Client(d.socket) as c:
+        assert c.get(u).end_reason == "crash"
+        # resumes; killed again once it has taken more rounds (while resuming)
+        before = 0.2
+        until(lambda: (c.get(job).progress or 0) > before + 0.2, what="resumed progress")
+    d.kill()
+    d.start()
+    with Client(d.socket) as c:
+        done = c.wait(job, timeout=120)
+        assert done.status == "completed", done.error_message
+        got = arrays(done.data_file_path)
+        assert np.array_equal(got["avgi"], ref["avgi"])
+        assert np.array_equal(got["avgq"], ref["avgq"])
+        assert len(json.loads(attrs(done.data_file_path)["acquisitions"])) == 3
+
+
+def test_code_changed_while_preempted_fails_with_partial_data(make_daemon, tmp_path):
+    from labd_client import Client
+    pkg = tmp_path / "pkgs" / "preempt_exps"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    mod = pkg / "t1p.py"
+    mod.write_text("from experiments.single_qubit.t1 import T1Experiment\n\n\n"
+                   "class T1P(T1Experiment):\n    pass\n")
+    d = make_daemon(start=False, allowed_packages=["experiments", "preempt_exps"], **MOCK)
+    d.env_extra["PYTHONPATH_PREPEND"] = str(tmp_path / "pkgs")
+    d.start()
+    with Client(d.socket) as c:
+        job = c.submit("T1P", "preempt_exps.t1p", T1_CFG)
+        until(lambda: (c.get(job).progress or 0) >= 0.2, what="progress")
+        c.submit(*SLEEP, {"seconds": 60}, priority=10)
+        until(lambda: c.get(job).phase == "preempted", what="preemption")
+    d.kill()
+    mod.write_text(mod.read_text() + "    # edited while it was preempted\n")
+    d.start()
+    with Client(d.socket) as c:
+        done = c.wait(job, timeout=60)
+    assert done.status == "failed" and "code" in done.error_message \
+        and "changed" in done.error_message and "partial data" in done.error_message
+    with h5py.File(done.data_file_path, "r") as f:
+        done_rounds, total = f["partial_rounds"][()]
+        assert 0 < done_rounds < total == 20
+        assert f["partial"].shape == (24,)
+        assert "changed" in f.attrs["partial"]
+
+
+def test_sigterm_while_preempted_keeps_the_checkpoint(make_daemon):
+    from labd_client import Client
+    d = make_daemon(**MOCK)
+    with Client(d.socket) as c:
+        ref = reference(c)
+        job, u = preempt_with(c, SLEEP, {"seconds": 60})
+    assert d.terminate() == 0
+    assert ckpt_of(d, job).exists()
+    d.start()
+    with Client(d.socket) as c:
+        assert c.get(u).end_reason == "shutdown"
+        done = c.wait(job, timeout=120)
+        assert done.status == "completed", done.error_message
+        assert np.array_equal(arrays(done.data_file_path)["avgi"], ref["avgi"])
+
+
+def labctl(d, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "labd_client.labctl", "--socket", str(d.socket), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=d.environment(),
+                          timeout=60)
+
+
+def test_labctl_preempt_is_admin_only_and_experiments_say_preemptible(make_daemon):
+    from labd_client import Client
+    from test_permissions import NOBODY, as_uid
+    d = make_daemon(**MOCK, socket_mode=0o666)
+    out = labctl(d, "experiments")
+    assert out.returncode == 0, out.stderr
+    blocks = {b.split("\n", 1)[0].split()[0]: b for b in
+              ("\n" + out.stdout).split("\nexperiments.")[1:]}
+    assert "preemptible: yes" in blocks["single_qubit.t1.T1Experiment"]
+    assert "preemptible: no" in blocks["diagnostics.sleep.SleepExperiment"]
+    with Client(d.socket) as c:
+        job = c.submit(*T1, T1_CFG, preemptible=False)
+        until(lambda: (c.get(job).progress or 0) >= 0.1, what="progress")
+        assert not c.get(job).preemptible
+        c.submit(*NOOP, {}, priority=10)          # opted out: not preempted
+        [res] = as_uid(NOBODY, d.socket, [("preempt", {"job_id": job})])
+        assert "only an admin may preempt" in res["error"]["message"]
+        assert (c.get(job).preemptions or 0) == 0
+        out = labctl(d, "preempt", job)
+        assert out.returncode == 0, out.stderr
+        until(lambda: c.get(job).preemptions == 1, what="forced preemption")
+        shown = labctl(d, "show", job).stdout
+        assert "preempted" in shown
+        done = c.wait(job, timeout=120)
+        assert done.status == "completed" and done.preemptions == 1
+        assert done.preempted_by.startswith("root")

@@ -511,7 +511,7 @@ class Scheduler:
             raise NotFound(f"no job {job_id}")
         pj = self.active.get(job_id)
         if pj is not None:
-            job.phase = str(pj.phase)
+            job.phase = pj.shown_phase()
             run = self.dispatcher.running
             if run is not None and run.job is pj:
                 job.progress = run.progress

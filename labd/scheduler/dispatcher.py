@@ -76,7 +76,10 @@ class Running:
 
     def summary(self) -> dict[str, Any]:
         return {**self.job.summary(), "status": "running", "started_at": self.started_at,
-                "progress": self.progress, "stop_reason": self.ctx.stop_reason}
+                "progress": self.progress, "stop_reason": self.ctx.stop_reason,
+                # (#16) asked to yield the board to this job (or admin) at a safe point
+                "preempting_for": self.ctx.preempt_by,
+                "safe_points": self.ctx.safe is not None}
 
 
 class Dispatcher:
@@ -305,6 +308,7 @@ class Dispatcher:
         run.started_at, run.started_mono = spec.started_at, handle.started_mono
         if pj.phase is RunPhase.STARTING:
             pj.phase = RunPhase.RUNNING
+        pj.resume = False   # (#16) resumed: its checkpoint is read
         try:
             await self.sched.states.started(
                 pj.job_id, Store.claim(pj.job_id, spec.started_at, run.versions,
