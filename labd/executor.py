@@ -31,6 +31,7 @@ from experiments.base import Experiment, Stopped
 
 from . import __version__, data_file
 from .checkpoint import Checkpoint, Preempted, SafePoints, checkpoint_path
+from .checkpoint import remove as remove_checkpoint
 from .experiment_loader import ExperimentLoader
 from .hardware.setpoint import Setpoint
 from .job_log import JobLog, LogRouter
@@ -656,7 +657,7 @@ class Executor:
         out.data_file_path = str(spec.data_path)
         job_log.info("raw data saved to %s", spec.data_path)
         if acq.ctx.safe is not None:   # the data file holds it all now (#16)
-            checkpoint_path(spec.data_path).unlink(missing_ok=True)
+            remove_checkpoint(checkpoint_path(spec.data_path))
         out.reason = EndReason.COMPLETED
         if has_analysis:
             out.results = None  # type: ignore[assignment]

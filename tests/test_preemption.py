@@ -303,8 +303,11 @@ def test_kill_9_while_preempted_and_while_resuming(make_daemon):
     with Client(d.socket) as c:
         assert c.get(u).end_reason == "crash"
         # resumes; killed again once it has taken more rounds (while resuming)
-        before = 0.2
-        until(lambda: (c.get(job).progress or 0) > before + 0.2, what="resumed progress")
+        log = Path(c.get(job).log_path)
+        first = int(until(lambda: "continues at round" in log.read_text() and
+                          log.read_text().split("continues at round ")[1].split()[0],
+                          what="resume"))
+        until(lambda: (c.get(job).progress or 0) >= (first + 3) / 20, what="new rounds")
     d.kill()
     d.start()
     with Client(d.socket) as c:
@@ -314,6 +317,39 @@ def test_kill_9_while_preempted_and_while_resuming(make_daemon):
         assert np.array_equal(got["avgi"], ref["avgi"])
         assert np.array_equal(got["avgq"], ref["avgq"])
         assert len(json.loads(attrs(done.data_file_path)["acquisitions"])) == 3
+        # no completed round was taken twice: the second resume went on from where the
+        # killed one was (its journal), not from the preemption's checkpoint
+        log = Path(done.log_path).read_text()
+        at = [int(ln.split("continues at round ")[1].split()[0])
+              for ln in log.splitlines() if "continues at round" in ln]
+        assert len(at) == 2 and at[0] == first and at[1] >= at[0] + 2, at
+        assert not ckpt_of(d, job).exists()
+        assert not ckpt_of(d, job).with_name(ckpt_of(d, job).name + ".rounds").exists()
+
+
+def test_checkpoint_journal_torn_record_and_old_generation(tmp_path):
+    from labd.checkpoint import Checkpoint, journal_path
+    path = tmp_path / "J.ckpt"
+    ck = Checkpoint("m", "p", {"hardware_config": "V1"}, [], 3, 10, np.ones(4, complex),
+                    [["t0", "t1"]])
+    ck.save(path)
+    j = journal_path(path)
+    stale = Checkpoint.record(ck.generation - 1, "round", 0, 9, 10, np.zeros(4, complex),
+                              ["x", "y"])
+    r4 = Checkpoint.record(ck.generation, "round", 0, 4, 10, np.full(4, 4 + 0j), ["t2", "t3"])
+    done = Checkpoint.record(ck.generation, "call", 0, 10, 10, np.full(4, 0.5 + 0j),
+                             ["t2", "t4"])
+    r1 = Checkpoint.record(ck.generation, "round", 1, 1, 10, np.full(4, 7 + 0j), ["t2", "t5"])
+    j.write_bytes(stale + r4 + done + r1[:-3])           # the last one torn by a kill
+    got = Checkpoint.load(path)
+    assert len(got.completed) == 1 and np.array_equal(got.completed[0], np.full(4, 0.5))
+    assert got.total is None and got.rounds_done == 0
+    assert got.intervals == [["t0", "t1"], ["t2", "t4"]]
+    j.write_bytes(stale + r4)
+    got = Checkpoint.load(path)
+    assert got.rounds_done == 4 and np.array_equal(got.total, np.full(4, 4 + 0j))
+    ck.save(path)                                       # a new generation voids the journal
+    assert not j.exists()
 
 
 def test_code_changed_while_preempted_fails_with_partial_data(make_daemon, tmp_path):
