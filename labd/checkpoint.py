@@ -177,14 +177,15 @@ def remove(ckpt: Path) -> None:
 
 
 class _RoundCtx:
-    """The context one round's board call sees: its progress maps to the whole call."""
+    """The context a board call for rounds ``done`` .. ``done + span`` of a call sees: its
+    progress maps to the whole call."""
 
-    def __init__(self, ctx: Any, done: int, rounds: int) -> None:
-        self._ctx, self._done, self._rounds = ctx, done, rounds
+    def __init__(self, ctx: Any, done: int, rounds: int, span: int = 1) -> None:
+        self._ctx, self._done, self._rounds, self._span = ctx, done, rounds, span
 
     def progress(self, done: float, total: float) -> None:
         frac = float(done) / float(total) if total else 1.0
-        self._ctx.progress(self._done + frac, self._rounds)
+        self._ctx.progress(self._done + self._span * frac, self._rounds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
@@ -288,24 +289,39 @@ class SafePoints:
         start, total = 0, None
         if k == self._replay and self.ckpt.total is not None and self.ckpt.rounds_done:
             start, total = self.ckpt.rounds_done, self.ckpt.total.copy()
+        # a board that steps through the rounds of one loaded program itself (the real
+        # one) yields them one by one; any other runs one round per call
+        stream = getattr(getattr(board_acquire, "__self__", None), "acquire_rounds", None)
+        gen = stream(prog, rounds=rounds - start, ctx=_RoundCtx(
+            ctx_arg, start, rounds, rounds - start), **kwargs) if stream else None
         index = _accepts_round_index(board_acquire)
-        for r in range(start, rounds):
-            if self._requested.is_set() and not ctx.should_stop():
-                self.end()
-                self._save((r, rounds), total)   # durable before the handover
-                self.preempted = True
-                raise Preempted(self.requested_by)
-            if self.resumed and self.replay_s is None:
-                self.replay_s = time.monotonic() - self._began
-                job_log.info("resumed from its checkpoint: %d acquisitions replayed, "
-                             "acquisition %d continues at round %d of %d (replay %.3f ms)",
-                             self._replay, k, r + 1, rounds, 1e3 * self.replay_s)
-            extra = {"round_index": (k, r)} if index else {}
-            res = np.asarray(board_acquire(prog, rounds=1, ctx=_RoundCtx(ctx_arg, r, rounds),
-                                           **kwargs, **extra))
-            total = res if total is None else total + res
-            if self.resumed and r + 1 < rounds:
-                self._journal_record("round", k, r + 1, rounds, total)
+        try:
+            for r in range(start, rounds):
+                if self._requested.is_set() and not ctx.should_stop():
+                    if gen is not None:
+                        gen.close()
+                    self.end()
+                    self._save((r, rounds), total)   # durable before the handover
+                    self.preempted = True
+                    raise Preempted(self.requested_by)
+                if self.resumed and self.replay_s is None:
+                    self.replay_s = time.monotonic() - self._began
+                    job_log.info("resumed from its checkpoint: %d acquisitions replayed, "
+                                 "acquisition %d continues at round %d of %d (replay "
+                                 "%.3f ms)", self._replay, k, r + 1, rounds,
+                                 1e3 * self.replay_s)
+                if gen is not None:
+                    res = np.asarray(next(gen))
+                else:
+                    extra = {"round_index": (k, r)} if index else {}
+                    res = np.asarray(board_acquire(
+                        prog, rounds=1, ctx=_RoundCtx(ctx_arg, r, rounds), **kwargs, **extra))
+                total = res if total is None else total + res
+                if self.resumed and r + 1 < rounds:
+                    self._journal_record("round", k, r + 1, rounds, total)
+        finally:
+            if gen is not None:
+                gen.close()
         result = total / rounds if total is not None else np.zeros(0, dtype=complex)
         self.ckpt.completed.append(result)
         self.ckpt.total, self.ckpt.rounds_done = None, 0
