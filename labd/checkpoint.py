@@ -20,8 +20,11 @@ data); their fsyncs (against a power loss) run on a background thread, so the bo
 not wait for the disk each round (a rename over the checkpoint cost ~1 ms on ext4). A
 record names the checkpoint generation it extends; loading applies the valid records of
 the current generation (a torn last record is ignored). The checkpoint written when the
-job yields is complete and fsynced before the board is handed over; it starts a new
-generation. Its data equal those of an uninterrupted run: the same rounds
+job yields is complete and starts a new generation; it is renamed into place before the
+board is handed over (a kill -9 from then on loses nothing), and fsynced (file, then
+directory) on the background thread while the urgent job already acquires: the scheduler
+records the preemption in the database only once that fsync is done, so after a power
+loss the database never says "preempted" without a checkpoint on disk. Its data equal those of an uninterrupted run: the same rounds
 summed in the same order (with a seeded mock board, the same noise per round)."""
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +53,15 @@ _fsyncs = ThreadPoolExecutor(1, thread_name_prefix="labd-ckpt-fsync")
 
 
 _HEAD = struct.Struct("<II")   # journal record: payload length, CRC32
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _fsync_later(fd: int, path: Path) -> None:
@@ -76,9 +88,11 @@ class Checkpoint:
     intervals: list[list[str]] = field(default_factory=list)   # [[start, end], ...] UTC
     generation: int = 0                # full saves so far; journal records extend one
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, sync: bool = True) -> Future | None:
         """Complete, atomically and durably (temp file, fsync, rename, directory fsync);
-        a new generation: the journal of the previous one is void."""
+        a new generation: the journal of the previous one is void. Without ``sync`` the
+        rename is done at once and the fsyncs on the background thread: the returned
+        future says when the checkpoint is durable."""
         self.generation += 1
         meta = {"module_sha256": self.module_sha256, "package_sha256": self.package_sha256,
                 "config_versions": self.config_versions, "calls": len(self.completed),
@@ -90,9 +104,16 @@ class Checkpoint:
             arrays["total"] = self.total
         buf = io.BytesIO()
         np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
-        write_new_file(path, buf.getvalue(), 0o644, replace=True,
-                       tmp=path.with_name(path.name + ".part"))
+        tmp = path.with_name(path.name + ".part")
+        if sync:
+            write_new_file(path, buf.getvalue(), 0o644, replace=True, tmp=tmp)
+            journal_path(path).unlink(missing_ok=True)
+            return None
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+        os.replace(tmp, path)
         journal_path(path).unlink(missing_ok=True)
+        return _fsyncs.submit(_fsync_file, path)
 
     @staticmethod
     def record(generation: int, kind: str, k: int, rounds_done: int, rounds_total: int,
@@ -223,7 +244,8 @@ class SafePoints:
         self._journal: int | None = None   # fd, opened for appending on the first record
         self._requested = threading.Event()
         self.requested_by: str | None = None
-        self.preempted = False             # it yielded: the checkpoint is on disk
+        self.preempted = False             # it yielded: the checkpoint is in place
+        self.durable: Future | None = None  # ... and once this is done, fsynced
 
     # ---- from any thread --------------------------------------------------------
     def request(self, by: str) -> bool:
@@ -259,10 +281,11 @@ class SafePoints:
         return self.ckpt.intervals + ([[self._open, utcnow()]] if self._open else [])
 
     def _save(self, k_rounds: tuple[int, int], total: np.ndarray | None) -> None:
-        """The complete checkpoint, durable (the job yields next)."""
+        """The complete checkpoint, in place (the job yields next; fsynced in the
+        background, see ``durable``)."""
         self.ckpt.rounds_done, self.ckpt.rounds_total = k_rounds
         self.ckpt.total = total
-        self.ckpt.save(self.path)
+        self.durable = self.ckpt.save(self.path, sync=False)
 
     def _journal_record(self, kind: str, k: int, r: int, rounds: int,
                         array: np.ndarray) -> None:
@@ -301,7 +324,7 @@ class SafePoints:
                     if gen is not None:
                         gen.close()
                     self.end()
-                    self._save((r, rounds), total)   # durable before the handover
+                    self._save((r, rounds), total)   # in place before the handover
                     self.preempted = True
                     raise Preempted(self.requested_by)
                 if self.resumed and self.replay_s is None:

@@ -330,8 +330,14 @@ class Dispatcher:
             self._flush_logs()
             self.sched.finish(pj, stuck)
             return
-        if run.ctx.preempted and handle.claim_ok:  # (#16) yielded; its checkpoint is durable
+        if run.ctx.preempted and handle.claim_ok:  # (#16) yielded at a safe point
             await asyncio.wrap_future(handle.done)
+            if run.ctx.safe.durable is not None:   # its checkpoint fsynced: then the record
+                try:
+                    await asyncio.wrap_future(run.ctx.safe.durable)
+                except OSError as exc:
+                    log.error("checkpoint of %s may not survive a power loss: %s",
+                              pj.job_id, exc)
             self._flush_logs()
             await self.sched.preempted(pj, run.ctx.preempt_by or "?", run.versions)
             return
