@@ -430,3 +430,94 @@ def test_labctl_preempt_is_admin_only_and_experiments_say_preemptible(make_daemo
         done = c.wait(job, timeout=120)
         assert done.status == "completed" and done.preemptions == 1
         assert done.preempted_by.startswith("root")
+
+
+class _StreamBoard:
+    """A board that steps the rounds of one loaded program itself (as the Pyro board)."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self.closed = 0
+
+    def acquire(self, prog, *, rounds, ctx, **kw):  # pragma: no cover - not used
+        raise AssertionError("a streaming board is driven through acquire_rounds")
+
+    def acquire_rounds(self, prog, *, rounds, ctx, **kw):
+        self.loads += 1
+        try:
+            for r in range(rounds):
+                ctx.check_stop()
+                ctx.progress(r + 1, rounds)
+                yield np.full(3, prog.next_value(), dtype=complex)
+        finally:
+            self.closed += 1
+
+
+class _Prog:
+    """Each round's value is its global round number (so a lost or doubled round shows)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next_value(self) -> float:
+        self.n += 1
+        return float(self.n)
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.progress_calls: list[tuple[float, float]] = []
+
+    def check_stop(self) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def progress(self, done, total) -> None:
+        self.progress_calls.append((done, total))
+
+
+def test_streaming_board_preempts_between_rounds_and_resumes(tmp_path):
+    from labd.checkpoint import Checkpoint, Preempted, SafePoints
+    path = tmp_path / "J.ckpt"
+    board, prog, ctx = _StreamBoard(), _Prog(), _Ctx()
+    safe = SafePoints(path, Checkpoint("m", "p", {}), resumed=False)
+    safe.begin()
+
+    class AskAfterThree(_Ctx):
+        def progress(self, done, total):
+            super().progress(done, total)
+            if done >= 3:       # ask during round 3: it yields before round 4
+                safe.request("urgent")
+    with pytest.raises(Preempted):
+        safe.acquire(board.acquire, ctx, prog, rounds=8, ctx_arg=AskAfterThree())
+    assert board.loads == 1 and board.closed == 1        # the program's stepping stopped
+    safe.durable.result(10)
+    ck = Checkpoint.load(path)
+    assert ck.rounds_done == 3 and np.array_equal(ck.total, np.full(3, 6 + 0j))  # 1+2+3
+    # resume: a fresh run of the same program continues with round 4 (values 4..8 here,
+    # as a deterministic board would give)
+    prog.n = 3
+    safe2 = SafePoints(path, ck, resumed=True)
+    safe2.begin()
+    out = safe2.acquire(board.acquire, ctx, prog, rounds=8, ctx_arg=_Ctx())
+    assert np.array_equal(out, np.full(3, sum(range(1, 9)) / 8 + 0j))
+    assert board.loads == 2 and board.closed == 2
+    safe2.end()
+
+
+def test_queue_view_shows_preempted_and_preempting():
+    from labd_client.protocol import queue_rows
+    from labd_client.views import format_queue
+    from labd.api.queue import QUEUE_COLUMNS
+    q = queue_rows({
+        "running": {"job_id": "JOB-20261125-00002", "experiment_class": "T1Experiment",
+                    "user": "bob", "progress": 0.5, "preempting_for": "JOB-20261125-00003"},
+        "columns": list(QUEUE_COLUMNS), "total_pending": 1, "waiting": [], "paused": False,
+        "pending": [[1, "JOB-20261125-00001", 0, "alice", "alice", "T1Experiment", None,
+                     None, "preempted", "JOB-20261125-00002",
+                     "2026-11-25T03:40:01.000000+00:00"]]})
+    text = format_queue(q)
+    assert "yielding the board to JOB-20261125-00003" in text
+    assert "PREEMPTED by JOB-20261125-00002 since 03:40:01" in text
