@@ -326,14 +326,16 @@ class Store:
         return Op("UPDATE jobs SET preemptible=0 WHERE job_id=?", (job_id,), 1)
 
     @staticmethod
-    def preempt(job_id: str, by: str, at: str, versions: dict[str, str]) -> Op:
+    def preempt(job_id: str, by: str, at: str, versions: dict[str, str],
+                count: int = 1) -> Op:
         """running -> pending, its checkpoint on disk: it resumes with the config versions
-        it started with (kept from its first preemption on)."""
-        return Op("UPDATE jobs SET status='pending', preemptions=preemptions+1, "
+        it started with (kept from its first preemption on). ``count`` 0: a shutdown's,
+        not counted against max_preemptions."""
+        return Op("UPDATE jobs SET status='pending', preemptions=preemptions+?, "
                   "preempted_by=?, preempted_at=?, "
                   "resume_versions=coalesce(resume_versions, ?) "
                   "WHERE job_id=? AND status='running'",
-                  (by, at, json.dumps(versions), job_id), 1)
+                  (count, by, at, json.dumps(versions), job_id), 1)
 
     @staticmethod
     def resume_after_crash(job_id: str) -> Op:

@@ -382,7 +382,8 @@ def test_code_changed_while_preempted_fails_with_partial_data(make_daemon, tmp_p
         assert "changed" in f.attrs["partial"]
 
 
-def test_sigterm_while_preempted_keeps_the_checkpoint(make_daemon):
+def test_sigterm_while_preempted_keeps_the_checkpoint_and_while_resuming_yields(
+        make_daemon):
     from labd_client import Client
     d = make_daemon(**MOCK)
     with Client(d.socket) as c:
@@ -393,9 +394,19 @@ def test_sigterm_while_preempted_keeps_the_checkpoint(make_daemon):
     d.start()
     with Client(d.socket) as c:
         assert c.get(u).end_reason == "shutdown"
+        # resuming; a SIGTERM now makes it yield at its next safe point (a checkpoint,
+        # pending again, not counted as a preemption) instead of failing it
+        until(lambda: c.get(job).status.value == "running" and
+              (c.get(job).progress or 0) > 0.5, what="resumed progress")
+    assert d.terminate() == 0
+    d.start()
+    with Client(d.socket) as c:
         done = c.wait(job, timeout=120)
         assert done.status == "completed", done.error_message
+        assert done.preemptions == 1 and done.preempted_by == "labd shutdown"
         assert np.array_equal(arrays(done.data_file_path)["avgi"], ref["avgi"])
+        assert np.array_equal(arrays(done.data_file_path)["avgq"], ref["avgq"])
+        assert len(json.loads(attrs(done.data_file_path)["acquisitions"])) == 3
 
 
 def labctl(d, *args: str) -> subprocess.CompletedProcess:

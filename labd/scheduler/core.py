@@ -25,7 +25,7 @@ from ..settings import Settings
 from ..store import PreconditionFailed, Store, StoreError
 from . import policy
 from .admission import WaitSet, describe_wait
-from .dispatcher import Dispatcher
+from .dispatcher import SHUTDOWN_BY, Dispatcher
 from .estimates import Estimates
 from .states import EndReason, RunPhase, Transitions
 
@@ -273,14 +273,16 @@ class Scheduler:
         again, at the head of its priority (ahead of later submits), to resume with the
         config versions it started with."""
         at = utcnow()
+        count = 0 if by == SHUTDOWN_BY else 1   # a shutdown's does not count
         try:
-            await self.states.preempted(pj.job_id, by, at, versions, pj.preemptions + 1)
+            await self.states.preempted(pj.job_id, by, at, versions, pj.preemptions + count,
+                                        count)
         except StoreError as exc:   # shutdown: still 'running' with a checkpoint: the next
             log.error("preemption of %s not recorded (%s); it resumes at the next start",
                       pj.job_id, exc)   # start resumes it
             self.forget(pj)
             return
-        pj.preemptions += 1
+        pj.preemptions += count
         pj.preempted_by, pj.preempted_at, pj.resume = by, at, True
         pj.attempts += 1
         pj.order = self._next_head()

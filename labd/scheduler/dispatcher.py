@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_BY = "labd shutdown"   # (#16) who a job yields to at SIGTERM
 MAX_ANALYZING = 256
 MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 
@@ -109,15 +110,32 @@ class Dispatcher:
         stop at a safe point; wait (bounded) for both. Jobs being analyzed finish (the
         scheduler waits for their outcomes)."""
         for run in (self.next, self.running):
-            if run is not None:
-                self.request_stop(run, EndReason.SHUTDOWN,
-                                  "interrupted: daemon shut down during run")
+            if run is None:
+                continue
+            if run is self.running and run.ctx.stop_kind is None and \
+                    run.ctx.safe is not None:
+                run.ctx.request_preempt(SHUTDOWN_BY)   # unless it is yielding already
+                # (#16) a job with safe points yields with a checkpoint and resumes at the
+                # next start; one that does not reach a safe point within the grace time
+                # is stopped as before
+                log.info("%s yields the board at its next safe point: shutdown",
+                         run.job.job_id)
+                self._loop.call_later(self.sched.settings.stop_grace_s, self._stop_late, run)
+                continue
+            self.request_stop(run, EndReason.SHUTDOWN,
+                              "interrupted: daemon shut down during run")
         self.wake()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout)
             except (asyncio.TimeoutError, Exception):
                 log.error("running job did not finish during shutdown")
+
+    def _stop_late(self, run: Running) -> None:
+        if self.running is run and not run.ctx.preempted:
+            self.request_stop(run, EndReason.SHUTDOWN,
+                              "interrupted: daemon shut down during run (no safe point "
+                              "reached in time)")
 
     def _idle(self) -> bool:
         return not (len(self.sched.queue) or self.analyzing or self.running or self.next)

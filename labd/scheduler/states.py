@@ -81,13 +81,14 @@ class Transitions:
         self.publish(job_id, JobStatus.RUNNING, phase=RunPhase.RUNNING.value, **extra)
 
     async def preempted(self, job_id: str, by: str, at: str,
-                        versions: dict[str, str], preemptions: int) -> None:
+                        versions: dict[str, str], preemptions: int,
+                        count: int = 1) -> None:
         """running -> pending (preempted, its checkpoint on disk). Retried until stored: a
         job the database still calls running would never be resumed (until a restart)."""
         delay = 0.05
         while True:
             try:
-                await self.store.write(Store.preempt(job_id, by, at, versions))
+                await self.store.write(Store.preempt(job_id, by, at, versions, count))
                 break
             except PreconditionFailed:
                 raise
