@@ -12,8 +12,11 @@ versions it ran with, and every interval it had the board.
 
 A resumed job runs again from the top (same code, same config versions): its completed
 calls are replayed from the checkpoint without hardware, the call in progress continues
-with its next round, and the checkpoint is rewritten after every round (a kill -9 then
-loses no completed round). Those per-round states are records appended to a journal
+with its next round, and its state is saved after every round (a kill -9 then loses no
+completed round). Its data equal those of an uninterrupted run: the same rounds summed in
+the same order (with a seeded mock board, the same noise per round).
+
+Those per-round states are records appended to a journal
 beside the checkpoint (``<job_id>.ckpt.rounds``: length, CRC32, payload), one write each
 before the next round starts, which is all a killed process needs (the kernel has the
 data); their fsyncs (against a power loss) run on a background thread, so the board does
@@ -24,8 +27,7 @@ job yields is complete and starts a new generation; it is renamed into place bef
 board is handed over (a kill -9 from then on loses nothing), and fsynced (file, then
 directory) on the background thread while the urgent job already acquires: the scheduler
 records the preemption in the database only once that fsync is done, so after a power
-loss the database never says "preempted" without a checkpoint on disk. Its data equal those of an uninterrupted run: the same rounds
-summed in the same order (with a seeded mock board, the same noise per round)."""
+loss the database never says "preempted" without a checkpoint on disk."""
 from __future__ import annotations
 
 import inspect

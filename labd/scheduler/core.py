@@ -64,14 +64,16 @@ class Scheduler:
     # ---- start / stop -------------------------------------------------------------
     async def start(self, counters: dict[str, tuple[str, int]]) -> list[str]:
         """Recover after a crash, reload pending jobs in submit order, start dispatching.
-        Returns the jobs that were running when the daemon died."""
+        Returns the jobs that were running when the daemon died and are marked failed
+        (not those that resume from a checkpoint)."""
         # never below what the data directory already holds (a lost or recreated database
         # must not hand out an ID, and so a data file name, a second time)
         day, last = ids.later(counters.get("JOB", (None, 0)), await asyncio.to_thread(
             ids.floor_from_files, "JOB", self.settings.output_root))
         self.job_ids = DailyCounter("JOB", day, last)
-        interrupted = await self.store.running_job_ids()
-        for job_id in interrupted:  # never re-run silently: `labctl rerun` does, on request
+        interrupted = []
+        for job_id in await self.store.running_job_ids():
+            # never re-run silently (`labctl rerun` does, on request), except to resume
             day_dir = self.settings.output_root / job_id.split("-")[1]
             (day_dir / f"{job_id}.h5.part").unlink(missing_ok=True)  # never data
             data = day_dir / f"{job_id}.h5"
@@ -80,7 +82,9 @@ class Scheduler:
                 await self.store.write(Store.resume_after_crash(job_id))
                 log.warning("%s was running when labd stopped; it resumes from its "
                             "checkpoint", job_id)
-            elif data.exists():  # it died while the job was being analyzed
+                continue
+            interrupted.append(job_id)
+            if data.exists():  # it died while the job was being analyzed
                 await self.states.ended(job_id, EndReason.CRASH,
                                         "interrupted: daemon stopped during analysis; raw "
                                         "data saved", data_file_path=str(data))

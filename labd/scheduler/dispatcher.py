@@ -28,8 +28,10 @@ least ``preempt_margin`` and the running job can yield (its experiment has safe 
 submit did not opt out, it was preempted fewer than ``max_preemptions`` times, it is not
 stopping and updates no main config), it is asked to yield at its next safe point, and the
 urgent job is prepared meanwhile: the board takes it the moment the running job's
-checkpoint is durable. The preempted job is then pending again at the head of its
-priority, and resumes from its checkpoint with the config versions it started with."""
+checkpoint is in place (its fsync follows in the background; the preemption is recorded
+after it). The preempted job is then pending again at the head of its priority, and
+resumes from its checkpoint with the config versions it started with. At shutdown a running
+job with safe points yields the same way (not counted as a preemption)."""
 from __future__ import annotations
 
 import asyncio
