@@ -165,10 +165,10 @@ class JobContext:
     def request_preempt(self, by: str) -> bool:
         """Ask the job to yield the board at its next safe point (False if it has none,
         or was asked already)."""
-        if self.safe is None or not self.safe.request(by):
+        if self.safe is None or self.safe.requested:
             return False
-        self.preempt_by = by
-        return True
+        self.preempt_by = by   # before the board thread can see the request
+        return self.safe.request(by)
 
     @property
     def preempted(self) -> bool:
@@ -444,9 +444,10 @@ class Executor:
                            f"({exc.strerror or exc}), the checkpoint "
                            f"{checkpoint_path(spec.data_path)} holds them")
         job_log.error("%s; partial data saved to %s", message, spec.data_path)
+        remove_checkpoint(checkpoint_path(spec.data_path))   # the data file holds it now
         return Outcome(EndReason.ERROR, f"{message}; its partial data (the rounds done) are "
                        f"saved in the data file", data_file_path=str(spec.data_path),
-                       module_sha256=loaded.sha256)
+                       module_sha256=ckpt.module_sha256)   # the code that took them
 
     # ---- in the board thread ---------------------------------------------------------
     def _loop(self) -> None:
@@ -532,7 +533,7 @@ class Executor:
             result = Outcome(ctx.stop_kind or EndReason.ERROR,
                              f"{ctx.stop_reason or 'interrupted'}; the experiment ignored "
                              "the stop request and was interrupted at its next labd call")
-        except Preempted:   # its checkpoint is durable: it resumes later (#16)
+        except Preempted:   # its checkpoint is in place: it resumes later (#16)
             job_log.info("preempted by %s at a safe point; checkpoint saved", ctx.preempt_by)
             result = Outcome(EndReason.SHUTDOWN, f"preempted by {ctx.preempt_by}",
                              preempted=True)

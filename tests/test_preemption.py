@@ -380,6 +380,7 @@ def test_code_changed_while_preempted_fails_with_partial_data(make_daemon, tmp_p
         assert 0 < done_rounds < total == 20
         assert f["partial"].shape == (24,)
         assert "changed" in f.attrs["partial"]
+    assert not ckpt_of(d, job).exists()       # the data file holds what it had
 
 
 def test_sigterm_while_preempted_keeps_the_checkpoint_and_while_resuming_yields(
