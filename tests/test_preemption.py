@@ -533,3 +533,41 @@ def test_queue_view_shows_preempted_and_preempting():
     text = format_queue(q)
     assert "yielding the board to JOB-20261125-00003" in text
     assert "PREEMPTED by JOB-20261125-00002 since 03:40:01" in text
+
+
+def test_two_chunk_sweep_replays_the_finished_chunk_without_hardware(make_daemon, tmp_path):
+    """An experiment acquiring in two board.acquire calls (sweep chunks), preempted in the
+    second: on resume the first is answered from the checkpoint, the second continues
+    from its next round; the data equal an uninterrupted run's."""
+    from labd_client import Client
+    pkg = tmp_path / "pkgs" / "chunk_exps"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "two.py").write_text(
+        "import numpy as np\n"
+        "from experiments.single_qubit.t1 import T1Experiment\n\n\n"
+        "class TwoChunkT1(T1Experiment):\n"
+        "    def acquire(self):\n"
+        "        a = super().acquire()\n"
+        "        b = super().acquire()\n"
+        "        return {k: np.concatenate([a[k], b[k]]) for k in a}\n")
+    d = make_daemon(start=False, allowed_packages=["experiments", "chunk_exps"], **MOCK)
+    d.env_extra["PYTHONPATH_PREPEND"] = str(tmp_path / "pkgs")
+    d.start()
+    exp = ("TwoChunkT1", "chunk_exps.two")
+    with Client(d.socket) as c:
+        ref = c.wait(c.submit(*exp, T1_CFG), timeout=120)
+        assert ref.status == "completed", ref.error_message
+        job = c.submit(*exp, T1_CFG)
+        # the second chunk (progress restarts at 0 for it): wait until it is under way
+        log = Path(until(lambda: c.get(job).log_path, what="log"))
+        until(lambda: log.read_text().count("points x") >= 2 and
+              0.2 <= (c.get(job).progress or 0) < 0.9, what="second chunk")
+        c.submit(*NOOP, priority=10)
+        done = c.wait(job, timeout=120)
+        assert done.status == "completed" and done.preemptions == 1, done.error_message
+        text = Path(done.log_path).read_text()
+        assert "1 acquisitions replayed, acquisition 1 continues at round" in text
+        for k in ("avgi", "avgq"):
+            assert np.array_equal(arrays(done.data_file_path)[k],
+                                  arrays(ref.data_file_path)[k])
