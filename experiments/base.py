@@ -103,6 +103,12 @@ class Experiment:
     # settings' max age; ``{qubit}`` as in CalibrationUpdate.key)
     calibrates: ClassVar[tuple[CalibrationUpdate, ...]] = ()
     needs_fresh: ClassVar[tuple[str, ...]] = ()
+    # preemption (issue #16): True if every acquisition goes through ``ctx.board.acquire``
+    # with ``rounds`` and the data depend only on what those calls return (and on the
+    # config): labd then runs them round by round, and between rounds the job can yield
+    # the board to a more urgent one and resume later from a checkpoint. False: never
+    # preempted.
+    safe_points: ClassVar[bool] = False
 
     def __init__(self, ctx: RunContext, cfg: BaseModel) -> None:
         self.ctx = ctx

@@ -41,7 +41,9 @@ def describe_class(module: str, cls: type) -> dict[str, Any]:
     fields = [describe_field(n, f) for n, f in model.model_fields.items()] if model else []
     return {"module": module, "class": cls.__name__,
             "doc": inspect.getdoc(cls) or inspect.getdoc(inspect.getmodule(cls)) or "",
-            "fields": fields, "has_analysis": cls.analyze is not Experiment.analyze}
+            "fields": fields, "has_analysis": cls.analyze is not Experiment.analyze,
+            # (#16) safe points between rounds: a more urgent job can take the board
+            "preemptible": bool(getattr(cls, "safe_points", False))}
 
 
 def catalog(loader: ExperimentLoader) -> list[dict[str, Any]]:

@@ -30,6 +30,8 @@ import yaml
 from experiments.base import Experiment, Stopped
 
 from . import __version__, data_file
+from .checkpoint import Checkpoint, Preempted, SafePoints, checkpoint_path
+from .checkpoint import remove as remove_checkpoint
 from .experiment_loader import ExperimentLoader
 from .hardware.setpoint import Setpoint
 from .job_log import JobLog, LogRouter
@@ -66,6 +68,7 @@ class JobSpec:
     configs: dict[str, Any]           # type name -> config_versions row
     output_root: Path
     resume_log: bool = False          # its log may exist: an earlier attempt (revoked, crash)
+    preemptions: int = 0              # times preempted before this run (issue #16)
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Outcome:
     results: dict[str, Any] = field(default_factory=dict)
     finished_at: str = field(default_factory=utcnow)  # stamped when the run really ended
     config_versions: dict[str, str] | None = None     # set for a job that never started
+    preempted: bool = False   # it yielded the board at a safe point: not an end (#16)
 
 
 class BoardClock:
@@ -121,6 +125,15 @@ class _Board:
             if not self._ctx.board_stage:
                 raise RuntimeError(f"board.{name}() called outside acquire(): prepare() "
                                    "runs while another job has the board")
+            if name == "acquire" and self._ctx.safe is not None:  # round by round (#16)
+                safe = self._ctx.safe
+
+                def value_(prog: Any, *, rounds: int, ctx: Any, **kw: Any) -> Any:
+                    return safe.acquire(value, self._ctx, prog, rounds=rounds, ctx_arg=ctx,
+                                        **kw)
+                if self._clock is not None:
+                    return self._clock.timed(value_, *args, **kwargs)
+                return value_(*args, **kwargs)
             if name == "acquire" and self._clock is not None:
                 return self._clock.timed(value, *args, **kwargs)
             return value(*args, **kwargs)
@@ -145,6 +158,22 @@ class JobContext:
         self._hard = False
         self._on_progress = on_progress
         self._last_progress = 0.0
+        # issue #16: round-by-round acquisition with checkpoints, for an experiment class
+        # with safe points (set when it is prepared); None: it cannot be preempted
+        self.safe: SafePoints | None = None
+        self.preempt_by: str | None = None      # who asked it to yield
+
+    def request_preempt(self, by: str) -> bool:
+        """Ask the job to yield the board at its next safe point (False if it has none,
+        or was asked already)."""
+        if self.safe is None or self.safe.requested:
+            return False
+        self.preempt_by = by   # before the board thread can see the request
+        return self.safe.request(by)
+
+    @property
+    def preempted(self) -> bool:
+        return self.safe is not None and self.safe.preempted
 
     def request_stop(self, kind: EndReason, message: str) -> None:
         if self.stop_kind is None:
@@ -349,6 +378,8 @@ class Executor:
     def _prepare(self, spec: JobSpec, ctx: JobContext, jl: JobLog) -> Prepared | Outcome:
         try:
             loaded = self.loader.load(spec.experiment_module, spec.experiment_class)
+            if (failed := self._safe_points(spec, ctx, loaded)) is not None:
+                return failed
             cfg = self.loader.validate_config(loaded, spec.experiment_config)
             for name in loaded.cls.requires_configs:
                 if name not in spec.configs:
@@ -370,6 +401,54 @@ class Executor:
             job_log.error("job failed:\n%s", traceback.format_exc())
             return Outcome(EndReason.ERROR, f"{type(exc).__name__}: {exc}")
         return Prepared(jl, loaded, exp, cfg, contents)
+
+    def _safe_points(self, spec: JobSpec, ctx: JobContext, loaded: Any) -> Outcome | None:
+        """(#16) An experiment with safe points acquires round by round; one preempted
+        before resumes from its checkpoint, unless its code changed meanwhile: then it
+        fails, its partial data saved."""
+        path = checkpoint_path(spec.data_path)
+        try:
+            resume = Checkpoint.load(path) if path.exists() else None
+        except Exception as exc:
+            return Outcome(EndReason.ERROR, f"its checkpoint {path} cannot be read "
+                           f"({type(exc).__name__}: {exc}); it cannot resume")
+        if resume is not None and resume.module_sha256 != loaded.sha256:
+            message = (f"cannot resume: the code of {spec.experiment_module} changed while "
+                       f"the job was preempted (sha256 {resume.module_sha256[:12]} -> "
+                       f"{loaded.sha256[:12]})")
+            return self._save_partial(spec, loaded, resume, message)
+        if not getattr(loaded.cls, "safe_points", False):
+            return None
+        ckpt = resume or Checkpoint(loaded.sha256, loaded.package_sha256,
+                                    {n: r["version_id"] for n, r in spec.configs.items()})
+        ctx.safe = SafePoints(path, ckpt, resumed=resume is not None)
+        return None
+
+    def _save_partial(self, spec: JobSpec, loaded: Any, ckpt: Checkpoint,
+                      message: str) -> Outcome:
+        data = ckpt.partial_data()
+        meta = {"job_id": spec.job_id, "user": spec.user, "os_user": spec.os_user,
+                "experiment_class": spec.experiment_class,
+                "experiment_module": spec.experiment_module, "created_at": spec.created_at,
+                "config_versions": ckpt.config_versions,
+                "module_sha256": ckpt.module_sha256, "package_sha256": ckpt.package_sha256,
+                "acquisitions": ckpt.intervals, "preemptions": spec.preemptions,
+                "partial": message, "labd_version": __version__}
+        contents = {name: {"version_id": row["version_id"], "sha256": row["sha256"],
+                           "content": self.read_config(row)}
+                    for name, row in spec.configs.items()}
+        try:
+            data_file.write_raw(spec.data_path, data, {}, meta, contents, analysis="none")
+        except OSError as exc:
+            job_log.error("%s; saving its partial data failed: %s", message, exc)
+            return Outcome(EndReason.ERROR, f"{message}; its partial data could not be saved "
+                           f"({exc.strerror or exc}), the checkpoint "
+                           f"{checkpoint_path(spec.data_path)} holds them")
+        job_log.error("%s; partial data saved to %s", message, spec.data_path)
+        remove_checkpoint(checkpoint_path(spec.data_path))   # the data file holds it now
+        return Outcome(EndReason.ERROR, f"{message}; its partial data (the rounds done) are "
+                       f"saved in the data file", data_file_path=str(spec.data_path),
+                       module_sha256=ckpt.module_sha256)   # the code that took them
 
     # ---- in the board thread ---------------------------------------------------------
     def _loop(self) -> None:
@@ -453,6 +532,10 @@ class Executor:
             result = Outcome(ctx.stop_kind or EndReason.ERROR,
                              f"{ctx.stop_reason or 'interrupted'}; the experiment ignored "
                              "the stop request and was interrupted at its next labd call")
+        except Preempted:   # its checkpoint is in place: it resumes later (#16)
+            job_log.info("preempted by %s at a safe point; checkpoint saved", ctx.preempt_by)
+            result = Outcome(EndReason.SHUTDOWN, f"preempted by {ctx.preempt_by}",
+                             preempted=True)
         finally:
             self.router.detach()
         if isinstance(result, Outcome):
@@ -463,8 +546,12 @@ class Executor:
         exp, loaded = prep.exp, prep.loaded
         try:
             ctx.board_stage = True
-            job_log.info("job %s: %s.%s by %s (%s)", spec.job_id, spec.experiment_module,
-                         spec.experiment_class, spec.user, spec.os_user)
+            job_log.info("job %s: %s.%s by %s (%s)%s", spec.job_id, spec.experiment_module,
+                         spec.experiment_class, spec.user, spec.os_user,
+                         " resuming from its checkpoint" if ctx.safe and ctx.safe.resumed
+                         else "")
+            if ctx.safe is not None:
+                ctx.safe.begin()
             setpoint = self.setpoint.apply(ctx.hardware_config, ctx)
             exp.before_job()
             try:
@@ -481,6 +568,8 @@ class Executor:
             return Outcome(EndReason.ERROR, f"{type(exc).__name__}: {exc}")
         finally:
             ctx.board_stage = False
+            if ctx.safe is not None:
+                ctx.safe.end()
         merged = {k: ctx.hardware_config.get(k, {}) for k in ("device", "hw", "aliases")}
         merged["data_management"] = {"output_root": str(spec.output_root)}
         merged["expt"] = prep.cfg.model_dump(mode="json")
@@ -498,6 +587,10 @@ class Executor:
             "hardware": self.board.describe(),
             "nonfinite_keys": [k for k, a in data.items()
                                if a.dtype.kind in "fc" and not np.isfinite(a).all()],
+            # (#16) every interval it had the board, and how often it yielded it
+            "acquisitions": ctx.safe.ckpt.intervals if ctx.safe is not None
+            else [[spec.started_at, utcnow()]],
+            "preemptions": spec.preemptions,
         }
         return Acquired(spec, ctx, prep.log, exp, data, merged, meta, prep.contents, loaded)
 
@@ -563,6 +656,8 @@ class Executor:
             return out
         out.data_file_path = str(spec.data_path)
         job_log.info("raw data saved to %s", spec.data_path)
+        if acq.ctx.safe is not None:   # the data file holds it all now (#16)
+            remove_checkpoint(checkpoint_path(spec.data_path))
         out.reason = EndReason.COMPLETED
         if has_analysis:
             out.results = None  # type: ignore[assignment]

@@ -148,6 +148,15 @@ STEPS: list[list[str]] = [
           for col in ("status", "user", "os_user", "experiment_class")),
         "CREATE INDEX jobs_by_created_at ON jobs(created_at, seq)",
     ],
+    # (issue #16) preemption: the submit's opt-out, how often and by whom it was preempted,
+    # and the config versions a preempted job resumes with (those it started with)
+    [
+        "ALTER TABLE jobs ADD COLUMN preemptible INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE jobs ADD COLUMN preemptions INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN preempted_by TEXT",
+        "ALTER TABLE jobs ADD COLUMN preempted_at TEXT",
+        "ALTER TABLE jobs ADD COLUMN resume_versions TEXT",   # JSON, set once preempted
+    ],
 ]
 VERSION = len(STEPS)
 

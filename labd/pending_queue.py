@@ -39,6 +39,16 @@ class PendingJob:
     not_before: float | None = None  # epoch seconds
     phase: str = "waiting"           # a scheduler.states.RunPhase
     attempts: int = 0                # times handed to the executor and taken back
+    preemptible: bool = True         # the submit did not opt out (issue #16)
+    preemptions: int = 0             # times preempted so far
+    preempted_by: str | None = None  # the latest preemption: by whom, since when
+    preempted_at: str | None = None
+    resume: bool = False             # preempted: resumes from its checkpoint
+
+    def shown_phase(self) -> str:
+        """The phase people see: a preempted job stays "preempted" while it is prepared to
+        resume, until the board has it again."""
+        return "preempted" if self.resume and self.phase == "starting" else str(self.phase)
 
     def __lt__(self, other: "PendingJob") -> bool:
         """Run order: higher priority first, then submit order (then ID, never equal)."""
@@ -53,7 +63,9 @@ class PendingJob:
                 "os_uid": self.os_uid, "experiment_class": self.experiment_class,
                 "experiment_module": self.experiment_module, "priority": self.priority,
                 "created_at": self.created_at, "batch_id": self.batch_id,
-                "phase": str(self.phase)}
+                "phase": self.shown_phase(), **({
+                    "preemptions": self.preemptions, "preempted_by": self.preempted_by,
+                    "preempted_at": self.preempted_at} if self.preemptions else {})}
 
 
 def untrack(record: PendingJob) -> PendingJob:
@@ -78,8 +90,9 @@ class PendingQueue:
         return i < len(self._order) and self._order[i] is job
 
     def push(self, job: PendingJob) -> None:
-        """Add a runnable job; it keeps its submit order (a job given none gets the next)."""
-        if job.order < 0:
+        """Add a runnable job; it keeps its submit order (a job given none, -1, gets the
+        next; a preempted job's is below every submit's: the head of its priority)."""
+        if job.order == -1:
             job.order = self._next_order
         self._next_order = max(self._next_order, job.order + 1)
         self._order.add(job)

@@ -251,7 +251,7 @@ class Schedules:
         pj = self.app.scheduler.active.get(job_id) if job_id else None
         if pj is None:
             return None
-        return "pending" if str(pj.phase) in ("waiting", "queued") else "running"
+        return "pending" if str(pj.phase) in ("waiting", "queued", "preempted") else "running"
 
     async def _fire(self, s: Schedule, now: float) -> tuple[int, str, str | None]:
         nxt = next_after(s.next_fire, s.every_s, now)

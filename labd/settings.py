@@ -123,6 +123,14 @@ class Settings(BaseModel):
     job_time_limit_s: float = Field(3600.0, gt=0)
     job_time_limit_max_s: float = Field(7 * 24 * 3600.0, gt=0)
     stop_grace_s: float = Field(10.0, gt=0)
+    # preemption (issue #16): a runnable job whose priority exceeds the running job's by at
+    # least this takes the board at the running job's next safe point; a job is preempted
+    # at most max_preemptions times (no starvation)
+    preempt_margin: int = Field(10, ge=1)
+    max_preemptions: int = Field(3, ge=0)
+    # the mock board's noise: seeded per (seed, acquisition, round) when set, so a
+    # preempted and resumed run gives the same arrays as an uninterrupted one
+    mock_seed: int | None = None
 
     max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_config_bytes: int = Field(1024 * 1024, ge=256)

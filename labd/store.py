@@ -266,8 +266,9 @@ class Store:
         """Pending jobs in submit order: the queue is rebuilt from these on start."""
         return await self.fetchall(
             "SELECT seq, job_id, user, os_user, os_uid, experiment_class, experiment_module,"
-            " priority, created_at, batch_id, held, after_job, not_before FROM jobs"
-            " WHERE status = 'pending' ORDER BY seq")
+            " priority, created_at, batch_id, held, after_job, not_before, preemptible,"
+            " preemptions, preempted_by, preempted_at, resume_versions IS NOT NULL AS resume"
+            " FROM jobs WHERE status = 'pending' ORDER BY seq")
 
     async def recent_durations(self, limit: int = 5000) -> list[aiosqlite.Row]:
         """Run times of the latest completed jobs, oldest first (for estimates)."""
@@ -322,6 +323,33 @@ class Store:
                          module_git_rev, json.dumps(results or {}),
                          None if config_versions is None else json.dumps(config_versions),
                          job_id), 1)
+
+    # ---- preemption (issue #16) ---------------------------------------------------
+    @staticmethod
+    def set_not_preemptible(job_id: str) -> Op:
+        """A new job's opt-out (in the commit that inserts it)."""
+        return Op("UPDATE jobs SET preemptible=0 WHERE job_id=?", (job_id,), 1)
+
+    @staticmethod
+    def preempt(job_id: str, by: str, at: str, versions: dict[str, str],
+                count: int = 1) -> Op:
+        """running -> pending, its checkpoint on disk: it resumes with the config versions
+        it started with (kept from its first preemption on). ``count`` 0: a shutdown's,
+        not counted against max_preemptions."""
+        return Op("UPDATE jobs SET status='pending', preemptions=preemptions+?, "
+                  "preempted_by=?, preempted_at=?, "
+                  "resume_versions=coalesce(resume_versions, ?) "
+                  "WHERE job_id=? AND status='running'",
+                  (count, by, at, json.dumps(versions), job_id), 1)
+
+    @staticmethod
+    def resume_after_crash(job_id: str) -> Op:
+        """A job that died while running with a checkpoint on disk: pending again, to resume
+        from it with the config versions it ran with."""
+        return Op("UPDATE jobs SET status='pending', "
+                  "resume_versions=coalesce(resume_versions, config_versions) "
+                  "WHERE job_id=? AND status='running'", (job_id,), 1)
+    # ---- end of preemption ------------------------------------------------------------
 
     @staticmethod
     def set_held(job_id: str, held: bool) -> Op:

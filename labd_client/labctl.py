@@ -73,6 +73,9 @@ def format_catalog(cat: list[dict[str, Any]]) -> str:
                                                     "  (no analysis)"))
         if doc:
             out.append(f"    {doc[0]}")
+        # (#16) safe points: a more urgent job can take the board between rounds
+        out.append("    preemptible: " + ("yes (yields the board between rounds)"
+                                          if e.get("preemptible") else "no (no safe points)"))
         for f in e["fields"]:
             default = "(required)" if f["required"] else json.dumps(f["default"])
             out.append(f"    {f['name']:<14} {f['type']:<16} {default:<10} "
@@ -83,7 +86,14 @@ def format_catalog(cat: list[dict[str, Any]]) -> str:
 def _show(j: JobResult) -> str:
     rows = [("job", j.job_id), ("status", j.status), ("user", f"{j.user} ({j.os_user})"),
             ("experiment", f"{j.experiment_module}.{j.experiment_class}"),
-            ("priority", j.priority), ("position", j.position), ("created", j.created_at),
+            ("priority", j.priority), ("position", j.position),
+            ("phase", j.phase),
+            # (#16) yielded the board to a more urgent job
+            ("preempted", f"{j.preemptions}x, by {j.preempted_by} at {j.preempted_at}"
+             + (" (resumes from its checkpoint)" if j.phase == "preempted" else "")
+             if j.preemptions else None),
+            ("preemptible", "no (opted out)" if not j.preemptible else None),
+            ("created", j.created_at),
             ("started", j.started_at), ("finished", j.finished_at),
             ("data file", j.data_file_path), ("log", j.log_path), ("error", j.error_message),
             ("config", json.dumps(j.experiment_config)),
@@ -160,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="append", default=[], metavar="KEY",
                    help="config key that must be fresh, e.g. device.qubit.f_ge[0]: its "
                    "calibration (daemon settings) runs first if the key is too old")
+    s.add_argument("--no-preempt", dest="preemptible", action="store_false",
+                   help="never let a more urgent job take the board from it between rounds "
+                   "(an admin still may)")
     s.add_argument("--wait", action="store_true", help="wait for the job to end")
     q = sub.add_parser("queue", parents=[common], help="running and pending jobs")
     q.add_argument("--user", help="display name to filter by")
@@ -185,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(owners may lower, admins may raise)")
     s.add_argument("job_id", help=job)
     s.add_argument("priority", type=int, metavar="N", help="integer, higher runs first")
+    s = sub.add_parser("preempt", parents=[common], help="admins: the running job yields "
+                       "the board at its next safe point, and resumes later")
+    s.add_argument("job_id", help=job)
     sub.add_parser("pause", parents=[common], help="admins: start no new jobs")
     sub.add_parser("resume", parents=[common], help="admins: start jobs again")
     s = sub.add_parser("watch", parents=[common], help="live view of running job, queue, "
@@ -443,7 +459,8 @@ def run(args: argparse.Namespace, c: Client) -> int:
                           user=args.user, priority=args.priority,
                           time_limit_s=args.time_limit, config_versions=pins or None,
                           after=args.after, not_before=args.not_before, hold=args.hold,
-                          update_main=args.update_main, fresh=args.fresh or None)
+                          update_main=args.update_main, fresh=args.fresh or None,
+                          preemptible=args.preemptible)
         if args.wait:
             j = c.wait(job_id, progress=not args.json and sys.stderr.isatty())
             _out(args, j.raw, _show(j))
@@ -488,6 +505,10 @@ def run(args: argparse.Namespace, c: Client) -> int:
     if cmd == "retry":
         job_id = c.retry(args.job_id)
         _out(args, {"job_id": job_id, "retry_of": args.job_id}, job_id)
+        return 0
+    if cmd == "preempt":   # (#16)
+        r = c.preempt(args.job_id)
+        _out(args, r, f"{r['job_id']}: yields the board at its next safe point")
         return 0
     if cmd in ("pause", "resume"):
         r = getattr(c, cmd)()

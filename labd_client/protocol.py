@@ -150,6 +150,11 @@ class Job(BaseModel):
     fresh: list[str] = []
     calibrated_by: list[str] = []                  # calibration jobs it waits for
     hold_reason: str | None = None
+    # preemption (issue #16)
+    preemptible: bool = True           # the submit did not opt out
+    preemptions: int = 0               # times it gave the board to a more urgent job
+    preempted_by: str | None = None    # the latest: the job (or admin) it yielded to
+    preempted_at: str | None = None    # and when
 
     @field_validator("calibration", "config_update", "fresh", "calibrated_by",
                      mode="before")

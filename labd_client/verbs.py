@@ -31,17 +31,20 @@ def submit(experiment_class: str, experiment_module: str,
            config_versions: dict[str, str] | None = None,
            inline_configs: dict[str, str] | None = None, after: str | None = None,
            not_before: str | None = None, hold: bool = False, update_main: bool = False,
-           fresh: list[str] | None = None) -> Req:
+           fresh: list[str] | None = None, preemptible: bool = True) -> Req:
     """Queue a job; returns its ID once the daemon has stored it durably.
     ``time_limit_s`` in seconds; ``after``: run only once that job completed;
     ``not_before``: ISO time with a timezone; ``hold``: queue it held until released;
     ``update_main``: a calibration's fit updates main when it completes; ``fresh``: config
-    keys (e.g. ``device.qubit.f_ge[0]``) recalibrated first if older than allowed."""
+    keys (e.g. ``device.qubit.f_ge[0]``) recalibrated first if older than allowed;
+    ``preemptible=False``: a more urgent job never takes the board from it between rounds
+    (an admin still may)."""
     return Req("submit", submit_params(
         experiment_class, experiment_module, expt_config, user=user, priority=priority,
         time_limit_s=time_limit_s, config_versions=config_versions,
         inline_configs=inline_configs, after=after, not_before=not_before, hold=hold,
-        update_main=update_main or None, fresh=fresh or None),
+        update_main=update_main or None, fresh=fresh or None,
+        preemptible=None if preemptible else False),
         lambda r: r["job_id"])
 
 
@@ -87,6 +90,11 @@ def release(job_id: str) -> Req:
 
 def set_priority(job_id: str, priority: int) -> Req:
     return Req("set_priority", {"job_id": job_id, "priority": priority})
+
+
+def preempt(job_id: str) -> Req:
+    """Admins: the running job yields the board at its next safe point (issue #16)."""
+    return Req("preempt", {"job_id": job_id})
 
 
 def pause() -> Req:
@@ -220,7 +228,7 @@ SCHED_VERBS = [schedule, schedules, schedule_pause, schedule_resume, schedule_re
 
 
 VERBS = [health, submit, submit_batch, get, cancel, cancel_batch, cancel_user, rerun, retry,
-         hold, release, set_priority, pause, resume, queue, history, logs, experiments,
+         hold, release, set_priority, preempt, pause, resume, queue, history, logs, experiments,
          config_push, config_pull, config_versions, config_show, config_set_main,
          config_history, config_diff, config_verify, config_types, *SCHED_VERBS]
 

@@ -24,6 +24,10 @@ def _running_line(run: dict[str, Any] | None) -> str:
     if not run:
         return "RUNNING  (none)"
     stop = f"  [{run['stop_reason']}]" if run.get("stop_reason") else ""
+    if run.get("preempting_for"):   # (#16)
+        stop += f"  [yielding the board to {run['preempting_for']} at its next safe point]"
+    if run.get("preemptions"):
+        stop += f"  (resumed; preempted {run['preemptions']}x)"
     return (f"RUNNING  {run['job_id']}  {run['experiment_class']}  {run['user']}  "
             f"{round(100 * (run.get('progress') or 0))}%{stop}")
 
@@ -38,8 +42,11 @@ def format_queue(q: dict[str, Any], max_rows: int | None = None) -> str:
                      f"  ETA")
         for j in rows:
             eta = "in " + fmt_duration(j["eta_s"]) if j.get("eta_s") is not None else "?"
+            pre = f"  PREEMPTED by {j['preempted_by']} since {j['preempted_at'][11:19]}" \
+                if j.get("phase") == "preempted" and j.get("preempted_at") else ""   # (#16)
             lines.append(f"{j['position']:>5}  {j['job_id']:<20}  {j['priority']:>5}  "
-                         f"{j['user'][:16]:<16}  {j['experiment_class'][:34]:<34}  {eta}")
+                         f"{j['user'][:16]:<16}  {j['experiment_class'][:34]:<34}  {eta}"
+                         f"{pre}")
         if max_rows and len(q["pending"]) > max_rows:
             lines.append(f"  ... {len(q['pending']) - max_rows} more")
     if q.get("waiting"):

@@ -8,6 +8,7 @@ import concurrent.futures
 from pathlib import Path
 from typing import Any, Callable
 
+from labd.checkpoint import Checkpoint, SafePoints
 from labd.config_store import ConfigStore
 from labd.events import EventBus
 from labd.executor import Handle, Outcome
@@ -29,6 +30,7 @@ class FakeExecutor:
     busy_with: str | None = None
     backlog_bytes = 0
     clock = None
+    safe_points = False       # (#16) jobs get safe points: they can be asked to yield
 
     def __init__(self) -> None:
         self.started: asyncio.Queue = asyncio.Queue()
@@ -37,6 +39,8 @@ class FakeExecutor:
 
     def submit(self, spec: Any, ctx: Any, on_log: Any = None) -> Handle:
         handle = Handle(spec, ctx, on_log)
+        if self.safe_points:
+            ctx.safe = SafePoints(Path("/nonexistent.ckpt"), Checkpoint("", "", {}), False)
         self.handles[spec.job_id] = handle
         self._waiting.append(handle)
         self._next()
@@ -68,6 +72,13 @@ class FakeExecutor:
     def finish(self, job_id: str, reason: EndReason = EndReason.COMPLETED) -> None:
         self.acquired(job_id)
         self.handles[job_id].done.set_result(Outcome(reason))
+
+    def yielded(self, job_id: str) -> None:
+        """(#16) The job yielded the board at a safe point (its checkpoint written)."""
+        handle = self.handles[job_id]
+        handle.ctx.safe.preempted = True
+        self.acquired(job_id)
+        handle.done.set_result(Outcome(EndReason.SHUTDOWN, "preempted", preempted=True))
 
     def interrupt(self, job_id: str) -> bool:
         return False

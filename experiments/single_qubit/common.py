@@ -108,6 +108,7 @@ _PROGRAMS_LOCK = threading.Lock()
 class SingleQubitExperiment(Experiment):
     config_model = SweepConfig
     requires_configs = ("hardware_config",)
+    safe_points = True   # acquisitions only through run_sweep -> board.acquire (#16)
     _dry_run = False
     _sweeps = 0          # run_sweep calls so far in this run
 

@@ -43,6 +43,7 @@ async def _prepare(call: Call, p: SubmitParams, batch_id: str | None) -> dict[st
         "priority": priority, "time_limit_s": p.time_limit_s, "pinned_versions": pinned,
         "batch_id": batch_id, "held": int(p.hold), "after_job": p.after, "retry_of": None,
         "not_before": p.not_before.isoformat() if p.not_before else None,
+        "preemptible": p.preemptible,   # (#16)
     }
     await calib.check_submit(call, p, loaded, cfg, job)   # (#13) update_main, fresh
     return job
@@ -57,7 +58,7 @@ def _resubmit_params(call: Call, src: Any, *, pins: dict[str, str],
         experiment_config=src.experiment_config, user=src.user,
         priority=policy.resubmit_priority(call.app.settings, call.peer, src.priority),
         time_limit_s=src.time_limit_s, config_versions=pins,
-        update_main=src.update_main, fresh=fresh)
+        update_main=src.update_main, fresh=fresh, preemptible=src.preemptible)
 
 
 @rpc("submit", SubmitParams)
@@ -205,6 +206,12 @@ async def rerun(call: Call, p: JobRef) -> dict[str, Any]:
     [job_id] = await call.app.scheduler.enqueue(call.peer, [job])
     return {"job_id": job_id, "status": "pending", "rerun_of": p.job_id,
             "config_versions": pins}
+
+
+@rpc("preempt", JobRef)
+async def preempt(call: Call, p: JobRef) -> dict[str, Any]:
+    """(#16, admins) The running job yields the board at its next safe point."""
+    return await call.app.scheduler.preempt(call.peer, p.job_id)
 
 
 # ---- discoverability (dropin-client branch): the experiment catalog -----------------

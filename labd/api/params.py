@@ -73,6 +73,8 @@ class SubmitParams(_P):
     update_main: bool = False
     fresh: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         [], max_length=64)
+    # (issue #16) False: never preempted automatically (an admin still may)
+    preemptible: bool = True
 
     @field_validator("not_before", mode="before")
     @classmethod

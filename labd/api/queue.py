@@ -17,7 +17,10 @@ from . import Call, rpc
 from .params import JobRef, NoParams, PriorityParams, QueueParams, SubscribeParams
 
 QUEUE_COLUMNS = ["position", "job_id", "priority", "user", "os_user", "experiment_class",
-                 "batch_id", "eta_s"]  # submit times are in get/history: rows stay small
+                 "batch_id", "eta_s",
+                 # (#16) phase "preempted": which job (or admin) it yielded to, since when
+                 "phase", "preempted_by", "preempted_at"]
+# submit times are in get/history: rows stay small
 TOPICS = ("job", "progress", "log", "queue")
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,9 @@ async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
                 (p.os_user is None or pj.os_user == p.os_user):
             rows.append([pos, pj.job_id, pj.priority, pj.user, pj.os_user,
                          pj.experiment_class, pj.batch_id,
-                         None if eta is None else round(eta, 1)])
+                         None if eta is None else round(eta, 1), pj.shown_phase(),
+                         pj.preempted_by if pj.resume else None,
+                         pj.preempted_at if pj.resume else None])
             if len(rows) >= p.limit:
                 break
         est = typical.get(pj.experiment_class)

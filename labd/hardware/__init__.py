@@ -23,4 +23,4 @@ def make_board(settings: Settings):
         return PyroBoard(settings.pyro)
     from .simulated import SimulatedBoard
     return SimulatedBoard(load_soccfg_dict(settings.soccfg_path),
-                          speed=settings.mock_speed)
+                          speed=settings.mock_speed, seed=settings.mock_seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import Pyro4
@@ -71,8 +71,10 @@ class PyroBoard:
 
     def acquire(self, prog: Any, *, rounds: int, ctx: Any,
                 model: Callable[[dict[str, float]], np.ndarray],
-                shot_us: float = 0.0) -> np.ndarray:
-        """``model`` and ``shot_us`` are for the simulated board: a real one just runs."""
+                shot_us: float = 0.0,
+                round_index: tuple[int, int] | None = None) -> np.ndarray:
+        """``model``, ``shot_us`` and ``round_index`` are for the simulated board: a real
+        one just runs."""
         soc, _ = self._connected()
         try:
             prog.acquire(soc, rounds=rounds, step_rounds=True, progress=False)
@@ -90,5 +92,33 @@ class PyroBoard:
             self.disconnect()  # the next job reconnects
             raise BoardUnavailable(f"lost connection to board {self.cfg.name!r}: {exc}"
                                    ) from None
+        return self._iq(data)
+
+    @staticmethod
+    def _iq(data: Any) -> np.ndarray:
         arr = np.asarray(data[0], dtype=float)  # first readout channel: (..., reads, 2)
         return (arr[..., 0] + 1j * arr[..., 1]).reshape(-1)
+
+    def acquire_rounds(self, prog: Any, *, rounds: int, ctx: Any,
+                       model: Callable[[dict[str, float]], np.ndarray] | None = None,
+                       shot_us: float = 0.0) -> Iterator[np.ndarray]:
+        """(#16) ``rounds`` rounds of one loaded program, yielding each round's IQ
+        (averaged over reps, from qick's per-round buffer) as it completes: labd's safe
+        points sit between them, and closing the generator simply stops stepping."""
+        soc, _ = self._connected()
+        try:
+            prog.acquire(soc, rounds=rounds, step_rounds=True, progress=False)
+            done = 0
+            while True:
+                ctx.check_stop()
+                more = prog.finish_round()
+                done += 1
+                ctx.progress(done, rounds)
+                yield self._iq(prog.rounds_buf[-1])
+                if not more:
+                    return
+                prog.prepare_round()
+        except (Pyro4.errors.CommunicationError, OSError) as exc:
+            self.disconnect()  # the next job reconnects
+            raise BoardUnavailable(f"lost connection to board {self.cfg.name!r}: {exc}"
+                                   ) from None

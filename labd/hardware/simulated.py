@@ -34,6 +34,7 @@ class SimulatedBoard:
         self.soccfg = QickConfig(soccfg)
         self.speed = speed
         self.truth = {**DEFAULT_TRUTH, **(truth or {})}
+        self.seed = seed
         self._rng = np.random.default_rng(seed)
 
     def describe(self) -> dict[str, Any]:
@@ -42,10 +43,17 @@ class SimulatedBoard:
 
     def acquire(self, prog: Any, *, rounds: int, ctx: Any,
                 model: Callable[[dict[str, float]], np.ndarray],
-                shot_us: float = 0.0) -> np.ndarray:
+                shot_us: float = 0.0,
+                round_index: tuple[int, int] | None = None) -> np.ndarray:
         """``shot_us``: one shot's length (sequence + readout + relax delay), as on a real
-        board; a round is reps x points shots."""
-        prog.compile()  # the full compile, as for a real board: catches what qick refuses
+        board; a round is reps x points shots. ``round_index``: (the job's acquire call,
+        round) of a single round run by labd's safe points; with a ``seed``, that round's
+        noise is drawn from its own generator seeded by (seed, call, round), so a run
+        interrupted between rounds and resumed gives the same data as one that was not."""
+        if not getattr(prog, "_labd_sim_compiled", False):
+            prog.compile()  # the full compile, as for a real board: catches what qick refuses
+            if round_index is not None:   # the rounds after it run the same program
+                prog._labd_sim_compiled = True
         reps = int(getattr(prog, "reps", 1) or 1)
         signal = np.asarray(model(self.truth), dtype=complex)
         sigma = self.truth["noise"] / np.sqrt(reps)
@@ -55,8 +63,10 @@ class SimulatedBoard:
             ctx.check_stop()
             if round_time:
                 self._wait(round_time, ctx, r, rounds)
-            total += signal + sigma * (self._rng.standard_normal(signal.shape)
-                                       + 1j * self._rng.standard_normal(signal.shape))
+            rng = self._rng if round_index is None or self.seed is None else \
+                np.random.default_rng((self.seed, round_index[0], round_index[1] + r))
+            total += signal + sigma * (rng.standard_normal(signal.shape)
+                                       + 1j * rng.standard_normal(signal.shape))
             ctx.progress(r + 1, rounds)
         return total / rounds
 

@@ -26,17 +26,20 @@ from ..settings import Settings
 from ..store import PreconditionFailed, Store, StoreError
 from . import policy
 from .admission import WaitSet, describe_wait
-from .dispatcher import Dispatcher
+from .dispatcher import SHUTDOWN_BY, Dispatcher
 from .estimates import Estimates
 from .states import EndReason, RunPhase, Transitions
 
 log = logging.getLogger(__name__)
 
-PENDING_PHASES = (RunPhase.WAITING, RunPhase.QUEUED)
+PENDING_PHASES = (RunPhase.WAITING, RunPhase.QUEUED, RunPhase.PREEMPTED)
+HEAD_ORDER = -(1 << 40)   # a preempted job's order: ahead of every submit of its priority
 
 
 def _intern(value: str | None) -> str | None:
     return None if value is None else sys.intern(value)
+
+
 RECENT_FINAL = 10_000   # statuses of jobs that just ended, for `after` decisions
 
 
@@ -61,23 +64,33 @@ class Scheduler:
         self._pending_by_uid: dict[int, int] = {}    # quota: pending jobs per account
         self._recent_final: OrderedDict[str, str] = OrderedDict()
         self._next_order = 0
+        self._head_order = HEAD_ORDER      # (#16) preempted jobs: FIFO, before submits
         self._tasks: set[asyncio.Task] = set()
         self.calibration = Calibrator(self)           # issue #13: config updates, staleness
 
     # ---- start / stop -------------------------------------------------------------
     async def start(self, counters: dict[str, tuple[str, int]]) -> list[str]:
         """Recover after a crash, reload pending jobs in submit order, start dispatching.
-        Returns the jobs that were running when the daemon died."""
+        Returns the jobs that were running when the daemon died and are marked failed
+        (not those that resume from a checkpoint)."""
         # never below what the data directory already holds (a lost or recreated database
         # must not hand out an ID, and so a data file name, a second time)
         day, last = ids.later(counters.get("JOB", (None, 0)), await asyncio.to_thread(
             ids.floor_from_files, "JOB", self.settings.output_root))
         self.job_ids = DailyCounter("JOB", day, last)
-        interrupted = await self.store.running_job_ids()
-        for job_id in interrupted:  # never re-run silently: `labctl rerun` does, on request
+        interrupted = []
+        for job_id in await self.store.running_job_ids():
+            # never re-run silently (`labctl rerun` does, on request), except to resume
             day_dir = self.settings.output_root / job_id.split("-")[1]
             (day_dir / f"{job_id}.h5.part").unlink(missing_ok=True)  # never data
             data = day_dir / f"{job_id}.h5"
+            if not data.exists() and (day_dir / f"{job_id}.ckpt").exists():
+                # (#16) preempted before: it resumes from its checkpoint (no round lost)
+                await self.store.write(Store.resume_after_crash(job_id))
+                log.warning("%s was running when labd stopped; it resumes from its "
+                            "checkpoint", job_id)
+                continue
+            interrupted.append(job_id)
             if data.exists():  # it died while the job was being analyzed
                 await self.states.ended(job_id, EndReason.CRASH,
                                         "interrupted: daemon stopped during analysis; raw "
@@ -92,6 +105,9 @@ class Scheduler:
         records = [self._record(r) for r in rows]
         for pj in records:  # labd may have died just after the board took it: its log exists
             pj.attempts = 1
+        for pj in sorted((pj for pj in records if pj.resume),
+                         key=lambda pj: pj.preempted_at or ""):
+            pj.order = self._next_head()   # (#16) preempted: the head of its priority
         final = await self._final_statuses(pj.after for pj in records)
         for pj in records:
             self._enter(pj)
@@ -123,18 +139,29 @@ class Scheduler:
         Its strings are interned: a million jobs share a handful of users, classes and
         batch IDs (~200 MB at 1M pending otherwise)."""
         nb = r["not_before"]
+        keys = r.keys()
         return PendingJob(
             job_id=r["job_id"], user=_intern(r["user"]), os_user=_intern(r["os_user"]),
             os_uid=r["os_uid"], experiment_class=_intern(r["experiment_class"]),
             experiment_module=_intern(r["experiment_module"]), priority=r["priority"],
             created_at=_intern(r["created_at"]), batch_id=_intern(r["batch_id"]),
             held=bool(r["held"]), after=r["after_job"],
-            not_before=datetime.fromisoformat(nb).timestamp() if nb else None)
+            not_before=datetime.fromisoformat(nb).timestamp() if nb else None,
+            # (#16)
+            preemptible=bool(r["preemptible"]) if "preemptible" in keys and
+            r["preemptible"] is not None else True,
+            **({k: r[k] for k in ("preemptions", "preempted_by", "preempted_at")}
+               if "preemptions" in keys else {}),
+            resume=bool(r["resume"]) if "resume" in keys else False)
 
     def _enter(self, pj: PendingJob) -> None:
         pj.order = self._next_order
         self._next_order += 1
         self.active[pj.job_id] = untrack(pj)
+
+    def _next_head(self) -> int:
+        self._head_order += 1
+        return self._head_order
 
     def _reserve(self, uid: int, n: int) -> None:
         self._pending_by_uid[uid] = self._pending_by_uid.get(uid, 0) + n
@@ -156,7 +183,7 @@ class Scheduler:
             self.queue.remove(pj)
 
     def _runnable(self, pj: PendingJob) -> None:
-        pj.phase = RunPhase.QUEUED
+        pj.phase = RunPhase.PREEMPTED if pj.resume else RunPhase.QUEUED
         self.queue.push(pj)
         self.dispatcher.queued(pj)
 
@@ -260,6 +287,43 @@ class Scheduler:
         self._reserve(pj.os_uid, 1)
         self._place(pj)
 
+    async def preempted(self, pj: PendingJob, by: str, versions: dict[str, str]) -> None:
+        """(#16) It yielded the board at a safe point, its checkpoint durable: pending
+        again, at the head of its priority (ahead of later submits), to resume with the
+        config versions it started with."""
+        at = utcnow()
+        count = 0 if by == SHUTDOWN_BY else 1   # a shutdown's does not count
+        try:
+            await self.states.preempted(pj.job_id, by, at, versions, pj.preemptions + count,
+                                        count)
+        except StoreError as exc:   # shutdown: still 'running' with a checkpoint: the next
+            log.error("preemption of %s not recorded (%s); it resumes at the next start",
+                      pj.job_id, exc)   # start resumes it
+            self.forget(pj)
+            return
+        pj.preemptions += count
+        pj.preempted_by, pj.preempted_at, pj.resume = by, at, True
+        pj.attempts += 1
+        pj.order = self._next_head()
+        self.requeue(pj)
+
+    async def preempt(self, peer: Peer, job_id: str) -> dict[str, Any]:
+        """(#16, admins) Make the running job yield the board at its next safe point, even
+        if its submit opted out or it was preempted max_preemptions times already."""
+        policy.require_admin(peer, "preempt a job")
+        run = self.dispatcher.running
+        if run is None or run.job.job_id != job_id:
+            if job_id not in self.active and await self.store.job_status(job_id) is None:
+                raise NotFound(f"no job {job_id}")
+            raise Conflict(f"{job_id} is not running; only the running job can be preempted")
+        if run.ctx.safe is None:
+            raise Conflict(f"{job_id} cannot be preempted: {run.job.experiment_class} has no "
+                           "safe points (see `labctl experiments`)")
+        if run.ctx.stop_kind is not None:
+            raise Conflict(f"{job_id} is stopping ({run.ctx.stop_reason})")
+        self.dispatcher.preempt(run, f"{peer.username} (labctl preempt)")
+        return {"job_id": job_id, "status": "preempting", "by": run.ctx.preempt_by}
+
     def forget(self, pj: PendingJob) -> None:
         self.active.pop(pj.job_id, None)
 
@@ -308,6 +372,8 @@ class Scheduler:
             j.update(job_id=self.job_ids.next(), status="pending", created_at=now,
                      os_user=peer.username, os_uid=peer.uid)
         calibration_ops = self.calibration.submit_ops(jobs)    # (#13)
+        calibration_ops += [Store.set_not_preemptible(j["job_id"]) for j in jobs
+                            if j.get("preemptible") is False]   # (#16)
         try:
             await self.store.write(*Store.insert_jobs(jobs, self.job_ids.row()),
                                    *calibration_ops)
@@ -469,7 +535,7 @@ class Scheduler:
             raise NotFound(f"no job {job_id}")
         pj = self.active.get(job_id)
         if pj is not None:
-            job.phase = str(pj.phase)
+            job.phase = pj.shown_phase()
             run = self.dispatcher.running
             if run is not None and run.job is pj:
                 job.progress = run.progress

@@ -21,7 +21,17 @@ When the queue runs dry the loop runs one full garbage collection: a finished jo
 held in reference cycles would otherwise wait for Python's next full collection (which
 grows rarer as the heap grows), and the daemon's memory would not come back after work.
 It costs a few ms at a moment nothing waits; pending-job records are outside the cyclic
-GC, so it does not grow with the queue."""
+GC, so it does not grow with the queue.
+
+Preemption (issue #16): when a runnable job's priority exceeds the running job's by at
+least ``preempt_margin`` and the running job can yield (its experiment has safe points, its
+submit did not opt out, it was preempted fewer than ``max_preemptions`` times, it is not
+stopping and updates no main config), it is asked to yield at its next safe point, and the
+urgent job is prepared meanwhile: the board takes it the moment the running job's
+checkpoint is in place (its fsync follows in the background; the preemption is recorded
+after it). The preempted job is then pending again at the head of its priority, and
+resumes from its checkpoint with the config versions it started with. At shutdown a running
+job with safe points yields the same way (not counted as a preemption)."""
 from __future__ import annotations
 
 import asyncio
@@ -46,6 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_BY = "labd shutdown"   # (#16) who a job yields to at SIGTERM
 MAX_ANALYZING = 256
 MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 
@@ -68,7 +79,10 @@ class Running:
 
     def summary(self) -> dict[str, Any]:
         return {**self.job.summary(), "status": "running", "started_at": self.started_at,
-                "progress": self.progress, "stop_reason": self.ctx.stop_reason}
+                "progress": self.progress, "stop_reason": self.ctx.stop_reason,
+                # (#16) asked to yield the board to this job (or admin) at a safe point
+                "preempting_for": self.ctx.preempt_by,
+                "safe_points": self.ctx.safe is not None}
 
 
 class Dispatcher:
@@ -98,15 +112,32 @@ class Dispatcher:
         stop at a safe point; wait (bounded) for both. Jobs being analyzed finish (the
         scheduler waits for their outcomes)."""
         for run in (self.next, self.running):
-            if run is not None:
-                self.request_stop(run, EndReason.SHUTDOWN,
-                                  "interrupted: daemon shut down during run")
+            if run is None:
+                continue
+            if run is self.running and run.ctx.stop_kind is None and \
+                    run.ctx.safe is not None:
+                run.ctx.request_preempt(SHUTDOWN_BY)   # unless it is yielding already
+                # (#16) a job with safe points yields with a checkpoint and resumes at the
+                # next start; one that does not reach a safe point within the grace time
+                # is stopped as before
+                log.info("%s yields the board at its next safe point: shutdown",
+                         run.job.job_id)
+                self._loop.call_later(self.sched.settings.stop_grace_s, self._stop_late, run)
+                continue
+            self.request_stop(run, EndReason.SHUTDOWN,
+                              "interrupted: daemon shut down during run")
         self.wake()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout)
             except (asyncio.TimeoutError, Exception):
                 log.error("running job did not finish during shutdown")
+
+    def _stop_late(self, run: Running) -> None:
+        if self.running is run and not run.ctx.preempted:
+            self.request_stop(run, EndReason.SHUTDOWN,
+                              "interrupted: daemon shut down during run (no safe point "
+                              "reached in time)")
 
     def _idle(self) -> bool:
         return not (len(self.sched.queue) or self.analyzing or self.running or self.next)
@@ -169,7 +200,39 @@ class Dispatcher:
         nxt = self.next
         if nxt is not None and pj.priority > nxt.job.priority:
             self.revoke_next(f"{pj.job_id} has a higher priority")
+        elif nxt is not None and pj.resume and pj < nxt.job:
+            self.revoke_next(f"{pj.job_id} was preempted: it resumes first")  # (#16)
+        self.consider_preempt(pj)
         self.wake()
+
+    # ---- preemption (issue #16) --------------------------------------------------------
+    def can_yield(self, run: Running) -> bool:
+        """May the running job be preempted automatically?"""
+        pj, s = run.job, self.sched
+        return (run.ctx.safe is not None and run.ctx.stop_kind is None and pj.preemptible
+                and pj.preemptions < s.settings.max_preemptions
+                and pj.job_id not in s.calibration.updating)
+
+    def consider_preempt(self, urgent: PendingJob | None = None) -> None:
+        """Ask the running job to yield if ``urgent`` (default: the most urgent runnable
+        job) outranks it by the margin."""
+        run = self.running
+        if run is None or self.sched.paused or self.sched.stopping:
+            return
+        if urgent is None:
+            heads = [self.sched.queue.peek(), self.next.job if self.next else None]
+            urgent = max((j for j in heads if j is not None), key=lambda j: j.priority,
+                         default=None)
+        if urgent is None or urgent.priority < run.job.priority + \
+                self.sched.settings.preempt_margin or not self.can_yield(run):
+            return
+        self.preempt(run, urgent.job_id)
+
+    def preempt(self, run: Running, by: str) -> None:
+        if run.ctx.request_preempt(by):
+            log.info("%s yields the board to %s at its next safe point", run.job.job_id, by)
+            self.sched.states.publish(run.job.job_id, "running", phase="preempting",
+                                      preempted_by=by)
 
     def block_starts(self) -> None:
         """No job is prepared or started until the matching ``unblock_starts``."""
@@ -268,9 +331,11 @@ class Dispatcher:
             self.next = None
         self.running = run
         self.wake()   # prepare the one after it
+        self.consider_preempt()   # (#16) one more urgent came while it was being handed over
         run.started_at, run.started_mono = spec.started_at, handle.started_mono
         if pj.phase is RunPhase.STARTING:
             pj.phase = RunPhase.RUNNING
+        pj.resume = False   # (#16) resumed: its checkpoint is read
         try:
             await self.sched.states.started(
                 pj.job_id, Store.claim(pj.job_id, spec.started_at, run.versions,
@@ -291,6 +356,17 @@ class Dispatcher:
         if stuck is not None:
             self._flush_logs()
             self.sched.finish(pj, stuck)
+            return
+        if run.ctx.preempted and handle.claim_ok:  # (#16) yielded at a safe point
+            await asyncio.wrap_future(handle.done)
+            if run.ctx.safe.durable is not None:   # its checkpoint fsynced: then the record
+                try:
+                    await asyncio.wrap_future(run.ctx.safe.durable)
+                except OSError as exc:
+                    log.error("checkpoint of %s may not survive a power loss: %s",
+                              pj.job_id, exc)
+            self._flush_logs()
+            await self.sched.preempted(pj, run.ctx.preempt_by or "?", run.versions)
             return
         if not handle.claim_ok:  # its data are dropped: it never ran, as far as it is known
             await asyncio.wrap_future(handle.done)
@@ -320,6 +396,8 @@ class Dispatcher:
         if row is None:
             raise PreconditionFailed(f"{pj.job_id} is not in the database")
         pins = json.loads(row["pinned_versions"])
+        if row["resume_versions"]:   # (#16) preempted: resumes with what it started with
+            pins = json.loads(row["resume_versions"])
         cfg_rows = await s.configs.resolve(pins)
         out_dir = s.settings.output_root / pj.job_id.split("-")[1]
         run.versions = {name: r["version_id"] for name, r in cfg_rows.items()}
@@ -332,7 +410,7 @@ class Dispatcher:
             created_at=pj.created_at, started_at="", batch_id=pj.batch_id,
             data_path=out_dir / f"{pj.job_id}.h5", log_path=out_dir / f"{pj.job_id}.log",
             configs=cfg_rows, output_root=s.settings.output_root,
-            resume_log=pj.attempts > 0)
+            resume_log=pj.attempts > 0 or pj.resume, preemptions=row["preemptions"])
         return spec, frozenset(pins)
 
     async def _supervise(self, run: Running, fut: asyncio.Future) -> Outcome | None:

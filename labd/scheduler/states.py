@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 class RunPhase(StrEnum):
     WAITING = "waiting"       # pending, not runnable yet (see WaitReason)
     QUEUED = "queued"         # pending, in the run order
+    PREEMPTED = "preempted"   # pending, in the run order: yielded the board, resumes (#16)
     STARTING = "starting"     # left the queue: being prepared; the board takes it next
     RUNNING = "running"       # the executor has it
     STOPPING = "stopping"     # asked to stop: cancel, time limit, shutdown
@@ -78,6 +79,27 @@ class Transitions:
         no longer pending, StoreError if it could not be recorded."""
         await self.store.write(op)
         self.publish(job_id, JobStatus.RUNNING, phase=RunPhase.RUNNING.value, **extra)
+
+    async def preempted(self, job_id: str, by: str, at: str,
+                        versions: dict[str, str], preemptions: int,
+                        count: int = 1) -> None:
+        """running -> pending (preempted, its checkpoint on disk). Retried until stored: a
+        job the database still calls running would never be resumed (until a restart)."""
+        delay = 0.05
+        while True:
+            try:
+                await self.store.write(Store.preempt(job_id, by, at, versions, count))
+                break
+            except PreconditionFailed:
+                raise
+            except StoreError as exc:
+                if self.giving_up:
+                    raise
+                log.error("preemption of %s not recorded yet (%s); retrying", job_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(self.RETRY_MAX_S, delay * 2)
+        self.publish(job_id, JobStatus.PENDING, phase=RunPhase.PREEMPTED.value,
+                     preempted_by=by, preempted_at=at, preemptions=preemptions)
 
     async def ended(self, job_id: str, reason: EndReason, message: str | None,
                     finished_at: str | None = None, retry: bool = True,
