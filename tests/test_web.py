@@ -518,3 +518,31 @@ def test_config_update_shows_merge_and_escapes_user_text():
     assert f"{esc}</div>" in upd                                  # the reason
     assert esc in _dd(page, "hold-reason") and esc in _dd(page, "fresh")
     assert f'<span class="mono">{esc}</span>: ' in upd            # the key
+
+
+async def test_pages_show_a_preemption(make_daemon):
+    """(#16) The queue page says which job a preempted job yielded to and since when (and
+    that the running one is yielding); its job page counts its preemptions."""
+    d = make_daemon(mock_speed=0.1, mock_seed=7, preempt_margin=5)
+    sweep = {"experiment_class": "T1Experiment",
+             "experiment_module": "experiments.single_qubit.t1",
+             "experiment_config": {"reps": 100, "expts": 24, "rounds": 40}}
+    long = rpc_ok(d, "submit", **sweep)["job_id"]
+    deadline = asyncio.get_running_loop().time() + 30
+    while (rpc_ok(d, "get", job_id=long).get("progress") or 0) <= 0:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    urgent = rpc_ok(d, "submit", experiment_class="SleepExperiment",
+                    experiment_module="experiments.diagnostics.sleep",
+                    experiment_config={"seconds": 30, "steps": 300}, priority=10)["job_id"]
+    while rpc_ok(d, "get", job_id=long)["phase"] != "preempted":
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    status, page, _ = await http(d, "GET", "/")
+    row = re.search(rf'<tr data-job="{long}">(.*?)</tr>', page, re.S).group(1)
+    assert re.search(rf'class="why">preempted by {urgent} at \d{{4}}-', row), row
+    status, page, _ = await http(d, "GET", f"/jobs/{long}")
+    assert status == 200
+    assert re.search(rf'1 time; last by <a href="/jobs/{urgent}">{urgent}</a> at ',
+                     _dd(page, "preempted"))
+    rpc_ok(d, "cancel", job_id=urgent)

@@ -76,8 +76,9 @@ def pending_rows_html(rows: list[list[Any]], cols: list[str], me: str, admin: bo
         if out is None:
             out = memo[v] = html.escape(v, quote=True)
         return out
-    ipos, ijob, iprio, iuser, ios, iexp, ieta = (cols.index(c) for c in (
-        "position", "job_id", "priority", "user", "os_user", "experiment_class", "eta_s"))
+    ipos, ijob, iprio, iuser, ios, iexp, ieta, iphase, iby, iat = (cols.index(c) for c in (
+        "position", "job_id", "priority", "user", "os_user", "experiment_class", "eta_s",
+        "phase", "preempted_by", "preempted_at"))
     unknown = "paused" if paused else "unknown"
     out = []
     for r in rows:
@@ -87,6 +88,8 @@ def pending_rows_html(rows: list[list[Any]], cols: list[str], me: str, admin: bo
         eta = unknown if r[ieta] is None else fmt_duration(r[ieta])
         pos = int(r[ipos])
         why = "paused" if paused else ("next" if pos == 1 else "queue")
+        if r[iphase] == "preempted":  # (#16) it yielded the board: to whom, since when
+            why = f"preempted by {e(r[iby])} at {e(fmt_time(r[iat]))}; resumes {why}"
         prio = int(r[iprio])
         acts = ""
         if admin or os_user == me:
