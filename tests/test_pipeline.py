@@ -96,3 +96,31 @@ def test_sigterm_waits_for_the_analysis_and_records_it(make_daemon, tmp_path):
     d.start()
     with Client(d.socket) as c:
         assert c.get(slow).is_successful()
+
+
+async def test_board_stats_while_the_board_thread_appends():
+    """board_stats copies the gaps in one step: iterating the deque while the board thread
+    appends raised "deque mutated during iteration" (an internal error mid-benchmark)."""
+    import threading
+    from types import SimpleNamespace
+    from labd.api.params import NoParams
+    from labd.api.queue import board_stats
+    from labd.executor import BoardClock
+    clock = BoardClock()
+    clock.gaps.extend([0.001] * clock.gaps.maxlen)
+    stop = threading.Event()
+
+    def board() -> None:          # as the board thread: a gap per acquisition
+        while not stop.is_set():
+            clock.gaps.append(0.002)
+    t = threading.Thread(target=board)
+    t.start()
+    call = SimpleNamespace(app=SimpleNamespace(scheduler=SimpleNamespace(
+        executor=SimpleNamespace(clock=clock))))
+    try:
+        for _ in range(20):
+            stats = await board_stats(call, NoParams())
+            assert len(stats["idle_gaps_ms"]) == clock.gaps.maxlen
+    finally:
+        stop.set()
+        t.join()

@@ -154,7 +154,8 @@ async def board_stats(call: Call, p: NoParams) -> dict[str, Any]:
     and the next one's start (the latest 100k, in ms; idle time with nothing queued is
     included: measure with a full queue), and how many acquisitions ran."""
     clock = call.app.scheduler.executor.clock
-    return {"acquisitions": clock.acquisitions, "idle_gaps_ms": [g * 1e3 for g in clock.gaps]}
+    gaps = list(clock.gaps)  # one C-level copy: the board thread appends meanwhile
+    return {"acquisitions": clock.acquisitions, "idle_gaps_ms": [g * 1e3 for g in gaps]}
 
 
 @rpc("health")
