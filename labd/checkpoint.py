@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .durable import fsync_dir, write_new_file
+from .durable import fsync_dir, fsync_path, write_new_file
 from .models import utcnow
 
 job_log = logging.getLogger("labd.job")
@@ -58,11 +58,7 @@ _HEAD = struct.Struct("<II")   # journal record: payload length, CRC32
 
 
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
     fsync_dir(path.parent)
 
 

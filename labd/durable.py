@@ -9,12 +9,16 @@ import tempfile
 from pathlib import Path
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by its path."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path   # a directory: makes the names in it (links, renames) durable
 
 
 def write_new_file(path: Path, data: bytes, mode: int = 0o444, replace: bool = False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from sortedcontainers import SortedList
 

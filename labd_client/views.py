@@ -9,15 +9,19 @@ from typing import Any
 from .results import JobResult
 
 
-def fmt_duration(seconds: float | None) -> str:
+def fmt_duration(seconds: float | None, unknown: str = "?", sep: str = "") -> str:
+    """A duration the way people say it: 45s, 3m05s, 2h07m, 3d4h (``sep`` between the
+    parts: the dashboard writes "3m 05s")."""
     if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        return unknown
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{sep}{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{sep}{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{sep}{s % 86400 // 3600}h"
 
 
 def _running_line(run: dict[str, Any] | None) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import pytest
 
 from labd_client import Client
+from test_permissions import OTHER, as_uid
 from labd_client.protocol import InvalidParams, NotFound, PermissionDenied
 
 NOOP = {"experiment_class": "NoOpExperiment",
@@ -333,40 +334,6 @@ def test_targets_persist_across_restart_with_last_error(make_daemon):
         [row] = c.notify_status()["targets"]
         assert row["id"] == t["id"] and row["last_status"] == "failed"
         assert "refused" in row["last_error"] and row["attempts"] == 0
-
-
-OTHER = 65533
-
-
-def as_uid(uid: int, sock_path, calls: list[tuple[str, dict]]) -> list[dict]:
-    """Raw JSON-RPC calls from a forked child that has dropped to ``uid``."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            out = []
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(str(sock_path))
-            f = s.makefile("rwb")
-            for i, (method, params) in enumerate(calls):
-                f.write(json.dumps({"jsonrpc": "2.0", "method": method, "params": params,
-                                    "id": i}).encode() + b"\n")
-                f.flush()
-                out.append(json.loads(f.readline()))
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uid")

@@ -4,9 +4,6 @@ code changes, SIGTERM, labctl) with a real daemon and the seeded mock board."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import time

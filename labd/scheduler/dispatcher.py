@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 
 from labd_client.protocol import LabdError
 from ..executor import Handle, JobContext, JobSpec, Outcome
-from ..models import utcnow
 from ..pending_queue import PendingJob
 from ..store import PreconditionFailed, Store, StoreError
 from .states import EndReason, RunPhase

@@ -19,6 +19,7 @@ from markupsafe import Markup
 from aiohttp import web
 from pydantic import ValidationError
 
+from labd_client import views
 from labd_client.protocol import InvalidParams, NotFound
 from ..api import Call
 from ..api import configs as configs_api
@@ -40,17 +41,8 @@ _SAFE_NEXT = re.compile(r"/[A-Za-z0-9/_.~%?=&+-]*")   # no scheme, host, tab or 
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 
 
-def fmt_duration(s: float | None) -> str:
-    if s is None:
-        return "unknown"
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
+def fmt_duration(seconds: float | None) -> str:
+    return views.fmt_duration(seconds, unknown="unknown", sep=" ")
 
 
 def fmt_time(iso: str | None) -> str:
