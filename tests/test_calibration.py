@@ -479,6 +479,19 @@ def test_a_calibration_already_under_way_is_reused(make_daemon, tmp_path):
         assert job["status"] == "completed" and job["config_versions"][HW] == version
 
 
+def test_a_reused_calibration_runs_at_the_priority_of_the_most_urgent_job(make_daemon):
+    d = _calibrating_daemon(make_daemon, 0)
+    call(d, "pause")
+    a = submit(d, NOOP, fresh=[T1_KEY])
+    [cal_id] = a["calibrations"]
+    assert call(d, "get", job_id=cal_id)["priority"] == 0
+    b = submit(d, NOOP, fresh=[T1_KEY], priority=5)
+    assert b["calibrations"] == [cal_id]
+    assert call(d, "get", job_id=cal_id)["priority"] == 5   # b must not wait behind a 0
+    call(d, "resume")
+    assert wait(d, b["job_id"])["status"] == "completed"
+
+
 def test_a_batch_needing_the_same_stale_key_runs_one_calibration(make_daemon):
     d = _calibrating_daemon(make_daemon, 0)
     spec = {"experiment_class": NOOP[0], "experiment_module": NOOP[1], "fresh": [T1_KEY]}

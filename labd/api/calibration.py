@@ -106,7 +106,8 @@ async def _with_calibrations(call: Call, items: list[tuple[SubmitParams, dict[st
                 if s.name in new_here:
                     ref: int | str = new_here[s.name]
                 elif reuse is not None and not refs:
-                    ref = reuse
+                    ref = reuse   # it runs at the priority of the most urgent job needing it
+                    await call.app.scheduler.raise_priority(reuse, job["priority"])
                 else:
                     cal = await _calibration_job(call, s, keys, job, prepare)
                     if refs:

@@ -502,6 +502,20 @@ class Scheduler:
         return {"job_id": job_id, "priority": priority,
                 "position": self.position(job_id)}
 
+    async def raise_priority(self, job_id: str, priority: int) -> None:
+        """(#13) A pending calibration that a more urgent job waits for runs at that job's
+        priority (whose submitter's cap was checked); one that started needs nothing."""
+        pj = self.active.get(job_id)
+        if pj is not None and self.dispatcher.next is not None and \
+                self.dispatcher.next.job is pj:
+            self.dispatcher.revoke_next("its priority is raised")
+        if pj is None or not self._is_pending(pj) or pj.priority >= priority:
+            return
+        old = pj.priority
+        await self._change_pending(pj, lambda: setattr(pj, "priority", priority),
+                                   lambda: setattr(pj, "priority", old),
+                                   Store.set_priority(job_id, priority))
+
     # ---- views --------------------------------------------------------------------
     @property
     def running(self):
