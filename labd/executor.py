@@ -225,10 +225,11 @@ class Acquired:
     log: JobLog
     exp: Experiment
     data: dict[str, np.ndarray]
-    merged: dict[str, Any]
-    meta: dict[str, Any]
     contents: dict[str, Any]
     loaded: Any
+    cfg: Any
+    setpoint: Any
+    ended_at: str        # when its acquisition ended
 
     @property
     def nbytes(self) -> int:
@@ -570,29 +571,36 @@ class Executor:
             ctx.board_stage = False
             if ctx.safe is not None:
                 ctx.safe.end()
+        return Acquired(spec, ctx, prep.log, exp, data, prep.contents, loaded, prep.cfg,
+                        setpoint, utcnow())
+
+    def _describe(self, acq: Acquired) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The data file's merged config and metadata; built by the save thread, so the
+        board thread goes straight on to the next acquisition."""
+        spec, ctx, exp, loaded = acq.spec, acq.ctx, acq.exp, acq.loaded
         merged = {k: ctx.hardware_config.get(k, {}) for k in ("device", "hw", "aliases")}
         merged["data_management"] = {"output_root": str(spec.output_root)}
-        merged["expt"] = prep.cfg.model_dump(mode="json")
+        merged["expt"] = acq.cfg.model_dump(mode="json")
         meta = {
             "job_id": spec.job_id, "user": spec.user, "os_user": spec.os_user,
             "experiment_class": spec.experiment_class,
             "experiment_module": spec.experiment_module, "priority": spec.priority,
             "batch_id": spec.batch_id, "created_at": spec.created_at,
             "started_at": spec.started_at,
-            "config_versions": {n: c["version_id"] for n, c in prep.contents.items()},
+            "config_versions": {n: c["version_id"] for n, c in acq.contents.items()},
             "module_sha256": loaded.sha256, "package_sha256": loaded.package_sha256,
             # the unit of every expt key and data key
             "expt_units": exp.expt_units(), "data_units": exp.data_units(),
-            "labd_version": __version__, "setpoint": setpoint,
+            "labd_version": __version__, "setpoint": acq.setpoint,
             "hardware": self.board.describe(),
-            "nonfinite_keys": [k for k, a in data.items()
+            "nonfinite_keys": [k for k, a in acq.data.items()
                                if a.dtype.kind in "fc" and not np.isfinite(a).all()],
             # (#16) every interval it had the board, and how often it yielded it
             "acquisitions": ctx.safe.ckpt.intervals if ctx.safe is not None
-            else [[spec.started_at, utcnow()]],
+            else [[spec.started_at, acq.ended_at]],
             "preemptions": spec.preemptions,
         }
-        return Acquired(spec, ctx, prep.log, exp, data, merged, meta, prep.contents, loaded)
+        return merged, meta
 
     # ---- in the save thread, then the analysis thread ----------------------------------
     # Two threads, so a long fit never delays saving (and completing) the jobs after it.
@@ -644,10 +652,11 @@ class Executor:
         spec = acq.spec
         out = Outcome(EndReason.ERROR, module_sha256=acq.loaded.sha256,
                       module_git_rev=acq.loaded.git_rev())
-        acq.meta.update(saved_at=utcnow(), module_git_rev=out.module_git_rev)
+        merged, meta = self._describe(acq)
+        meta.update(saved_at=utcnow(), module_git_rev=out.module_git_rev)
         has_analysis = type(acq.exp).analyze is not Experiment.analyze
         try:
-            data_file.write_raw(spec.data_path, acq.data, acq.merged, acq.meta, acq.contents,
+            data_file.write_raw(spec.data_path, acq.data, merged, meta, acq.contents,
                                 analysis="pending" if has_analysis else "none")
         except OSError as exc:
             out.error_message = (f"DataSaveError: could not save data to {spec.data_path}: "
