@@ -3,7 +3,6 @@ health."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import sqlite3
 import time
@@ -32,22 +31,19 @@ async def hold_reasons(call: Call, job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     try:
-        rows = await call.app.store.fetchall(
-            "SELECT job_id, hold_reason FROM jobs WHERE job_id IN "
-            "(SELECT value FROM json_each(?)) AND hold_reason IS NOT NULL",
-            (json.dumps(job_ids),))
+        return await call.app.store.hold_reasons(job_ids)
     except sqlite3.Error as exc:
         log.warning("queue: hold reasons not read: %s", exc)
         return {}
-    return {r["job_id"]: r["hold_reason"] for r in rows}
 
 
 @rpc("queue", QueueParams)
 async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
     """Pending jobs in run order, as rows of QUEUE_COLUMNS (compact: a 10k-job queue is
     one small frame), plus the running job and the jobs that wait (held, after, not
-    before; a job labd held itself says why in ``hold_reason``). ``eta_s``: expected seconds until the job starts: the running job's remaining
-    time, then past run times of the experiments ahead (None once one has no history).
+    before; a job labd held itself says why in ``hold_reason``). ``eta_s``: expected
+    seconds until the job starts: the running job's remaining time, then past run times
+    of the experiments ahead (None once one has no history).
     Unfiltered, only the first ``limit`` jobs are looked at."""
     sched = call.app.scheduler
     rows = []
