@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import pytest
 from sched_harness import Harness
+from test_config_races import SpyLock
 
 from experiments.base import CalibrationUpdate
 from labd.executor import Outcome
@@ -329,17 +330,6 @@ T1_UPDATE = {"config_type": HW, "updates": [CalibrationUpdate(
     ndigits=3).resolved(0)]}
 NEW_VERSION = "INSERT INTO config_versions"
 JOB_END = "UPDATE jobs SET status=?"
-
-
-class SpyLock(asyncio.Lock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.contended = asyncio.Event()
-
-    async def acquire(self) -> bool:
-        if self.locked():
-            self.contended.set()
-        return await super().acquire()
 
 
 async def _running_update_job(h: Harness, value: float = 33.3) -> tuple[str, str]:

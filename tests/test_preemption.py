@@ -141,14 +141,20 @@ async def test_max_preemptions_no_starvation(tmp_path):
         await h.final(third)
 
 
+async def _preempted(h: Harness) -> tuple[str, str]:
+    """A job that started, then yielded the board to a more urgent one: (job, urgent)."""
+    job = await h.submit(priority=0)
+    assert await h.started() == job
+    urgent = await h.submit(priority=10)
+    h.executor.yielded(job)
+    assert await h.started() == urgent
+    return job, urgent
+
+
 async def test_resume_keeps_the_config_versions_it_started_with(tmp_path):
     async with harness(tmp_path) as h:
         v1 = (await h.configs.push("hardware_config", "a: 1\n", by="root"))["version_id"]
-        job = await h.submit(priority=0)
-        assert await h.started() == job
-        urgent = await h.submit(priority=10)
-        h.executor.yielded(job)
-        assert await h.started() == urgent
+        job, urgent = await _preempted(h)
         # a calibration (or a push) changes main while the job is preempted
         v2 = (await h.configs.push("hardware_config", "a: 2\n", by="root"))["version_id"]
         assert v2 != v1
@@ -170,11 +176,7 @@ async def test_resume_keeps_the_config_versions_it_started_with(tmp_path):
 
 async def test_cancel_a_preempted_job(tmp_path):
     async with harness(tmp_path) as h:
-        job = await h.submit(priority=0)
-        assert await h.started() == job
-        urgent = await h.submit(priority=10)
-        h.executor.yielded(job)
-        assert await h.started() == urgent
+        job, urgent = await _preempted(h)
         await wait_for_condition(lambda: h.sched.active[job].preempted_at is not None)
         assert (await h.sched.cancel(ALICE, job))["status"] == "cancelled"
         assert (await h.final(job)).status == "cancelled"
@@ -185,11 +187,7 @@ async def test_cancel_a_preempted_job(tmp_path):
 
 async def test_restart_puts_a_preempted_job_at_the_head(tmp_path):
     async with harness(tmp_path) as h:
-        a = await h.submit(priority=0)
-        assert await h.started() == a
-        u = await h.submit(priority=10)
-        h.executor.yielded(a)
-        assert await h.started() == u
+        a, u = await _preempted(h)
         await wait_for_condition(lambda: h.sched.active[a].preempted_at is not None)
         await h.sched.set_paused(ROOT, True)      # takes it back from the board's hand
         assert h.sched.active[a].phase == RunPhase.PREEMPTED
