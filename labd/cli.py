@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 from pathlib import Path
 
@@ -25,8 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--version", action="version", version=f"labd {__version__}")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The daemon's log (stderr: the journal under systemd) is written by one listener
+    # thread: a slow journal never stalls the event loop, and a log line from the board
+    # thread costs it no system call between two acquisitions.
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, stream)
+    logging.basicConfig(level=args.log_level.upper(),
+                        handlers=[logging.handlers.QueueHandler(records)])
+    listener.start()
+    try:
+        return _run(args, listener)
+    finally:
+        listener.stop()
+
+
+def _run(args: argparse.Namespace, listener: logging.handlers.QueueListener) -> int:
     try:
         settings = Settings.load(args.config, socket_path=args.socket,
                                  state_dir=args.state_dir,
@@ -46,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         # One line, then leave at once: a failed start must not hang on the threads it
         # already started (database, executor). Everything acknowledged is committed.
         logging.getLogger("labd").debug("start-up or run failed", exc_info=True)
+        listener.stop()
         print(f"labd: stopped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         logging.shutdown()
         os._exit(EXIT_FAILED)

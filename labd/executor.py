@@ -1,13 +1,16 @@
-"""A job's way through four threads. The prepare thread loads the experiment (allow-listed),
+"""A job's way through four threads (and a helper). The prepare thread loads the experiment (allow-listed),
 validates its config, reads its config versions and builds and compiles its programs while
 the job before it still acquires. The board thread owns the hardware only for acquisition:
 it takes the prepared job the moment the previous acquisition ends (no round trip through
 the event loop), applies the pre-job setpoint and acquires. The raw data then go to the
 save thread, which writes them durably (the file under its final name) *before* any fit
-runs; the analysis thread fits and adds the results. None of them touches the database:
-the scheduler records the start and the outcome."""
+runs; the analysis thread fits and adds the results (fits wait while a job is being
+prepared: the board must not). A fifth thread does the board thread's side effects (log
+writes, waking the event loop), so between two acquisitions it makes no system call. None
+of them touches the database: the scheduler records the start and the outcome."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import importlib
@@ -19,7 +22,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +44,10 @@ from .scheduler.states import EndReason
 log = logging.getLogger(__name__)
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 job_log = logging.getLogger("labd.job")
+
+
+SPILL_BYTES = 64 * 1024 * 1024   # data held for fits beyond this are read back from the file
+PREPARE_FIRST_S = 1.0            # how long a fit waits for the prepare thread to be idle
 
 
 class JobInterrupted(BaseException):
@@ -224,16 +231,13 @@ class Acquired:
     ctx: JobContext
     log: JobLog
     exp: Experiment
-    data: dict[str, np.ndarray]
+    data: dict[str, np.ndarray] | None   # None: spilled, the fit reads the saved file
     contents: dict[str, Any]
     loaded: Any
     cfg: Any
     setpoint: Any
     ended_at: str        # when its acquisition ended
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.data.values())
+    held: int = 0        # bytes of data it holds in the executor's backlog
 
 
 class Handle:
@@ -279,8 +283,13 @@ class Handle:
 
     def _never_starts(self, outcome: Outcome | None) -> None:
         for fut, value in ((self.done, outcome), (self.acquired, None), (self.started, False)):
-            if not fut.done():
-                fut.set_result(value)
+            _resolve(fut, value)
+
+
+def _resolve(fut: Future, value: Any) -> None:
+    """Set a result unless one is set already (the job ended another way first)."""
+    with contextlib.suppress(InvalidStateError):
+        fut.set_result(value)
 
 
 @dataclass
@@ -320,10 +329,13 @@ class Executor:
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._to_save: queue.SimpleQueue = queue.SimpleQueue()
         self._to_fit: queue.SimpleQueue = queue.SimpleQueue()
+        self._io: queue.SimpleQueue = queue.SimpleQueue()
+        self._prepare_idle = threading.Event()    # nothing waits to be prepared
         self._thread = threading.Thread(target=self._loop, name="labd-board", daemon=True)
         self._thread.start()
         for name, loop in (("labd-prepare", self._prepare_loop),
-                           ("labd-save", self._save_loop), ("labd-analysis", self._fit_loop)):
+                           ("labd-save", self._save_loop), ("labd-analysis", self._fit_loop),
+                           ("labd-board-io", self._io_loop)):
             threading.Thread(target=loop, name=name, daemon=True).start()
 
     @property
@@ -339,9 +351,48 @@ class Executor:
         self._to_prepare.put(handle)
         return handle
 
+    # ---- the board thread's side effects ---------------------------------------------
+    # Between two acquisitions the board thread makes no system call: each one gives up the
+    # GIL, and taking it back from a fit or a save can cost a switch interval (5 ms) or a
+    # whole C call. Its log writes and the futures the event loop awaits (whose callbacks
+    # write to the loop's wake-up pipe) are run by this helper thread, in order.
+    def later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the board's helper thread (FIFO); never blocks."""
+        self._io.put((fn, args))
+
+    def _io_loop(self) -> None:
+        while (item := self._io.get()) is not None:
+            fn, args = item
+            try:
+                fn(*args)
+            except BaseException:  # never let one side effect take the thread down
+                log.exception("executor: %r failed", fn)
+
+    def _log_start(self, jl: JobLog, spec: JobSpec, resumed: bool) -> None:
+        """The job's first line, in its log and the daemon's (a log call costs the board
+        thread more than the rest of its way to the next acquisition)."""
+        self.router.attach(jl)
+        try:
+            job_log.info("job %s: %s.%s by %s (%s)%s", spec.job_id, spec.experiment_module,
+                         spec.experiment_class, spec.user, spec.os_user,
+                         " resuming from its checkpoint" if resumed else "")
+        finally:
+            self.router.detach()
+
+    def _unstarted(self, handle: Handle, prep: Prepared, outcome: Outcome | None) -> None:
+        prep.log.close()
+        handle._never_starts(outcome)
+
     # ---- in the prepare thread -------------------------------------------------------
     def _prepare_loop(self) -> None:
-        while (handle := self._to_prepare.get()) is not None:
+        while True:
+            if self._to_prepare.empty():
+                self._prepare_idle.set()
+            handle = self._to_prepare.get()
+            self._prepare_idle.clear()
+            if handle is None:
+                self._prepare_idle.set()
+                return
             try:
                 result = self._prepare_job(handle)
             except BaseException:  # never let a job take the thread down
@@ -361,7 +412,7 @@ class Executor:
         try:
             jl = JobLog(spec.log_path, self.max_log_bytes,
                         (lambda text: handle.on_log(spec.job_id, text)) if handle.on_log
-                        else None, resume=spec.resume_log)
+                        else None, resume=spec.resume_log, defer=self.later)
         except OSError as exc:  # nothing could be saved either: fail before any hardware
             return Outcome(EndReason.START_FAILED, f"cannot write to the data directory "
                            f"{spec.log_path.parent}: {exc.strerror or exc}")
@@ -458,35 +509,36 @@ class Executor:
             try:
                 item = self._work.get()
                 if item is None:
+                    self._io.put(None)  # after every side effect queued before it
                     return
                 handle, prep = item
                 ctx = handle.ctx
                 if not handle._take():
-                    prep.log.close()
-                    handle._never_starts(None)
+                    self.later(self._unstarted, handle, prep, None)
                     continue
                 if ctx.stop_kind is not None:  # cancelled while it waited for the board
-                    prep.log.close()
-                    handle._never_starts(Outcome(ctx.stop_kind, ctx.stop_reason))
+                    self.later(self._unstarted, handle, prep,
+                               Outcome(ctx.stop_kind, ctx.stop_reason))
                     continue
                 self.busy_with = handle.spec.job_id
-                handle.started.set_result(True)
+                self.later(_resolve, handle.started, True)
                 result = self._run(handle, prep)
                 self.busy_with = None
-                handle.acquired.set_result(None)
+                self.later(_resolve, handle.acquired, None)
                 if isinstance(result, Outcome):
                     result.finished_at = utcnow()
-                    self._to_save.put((result, handle))
                 else:
+                    result.held = sum(a.nbytes for a in result.data.values())
                     with self._backlog_lock:
-                        self.backlog_bytes += result.nbytes
-                    self._to_save.put((result, handle))
+                        self.backlog_bytes += result.held
+                self._to_save.put((result, handle, prep.log))
             except BaseException as exc:  # never let a job take the thread down
                 if not isinstance(exc, JobInterrupted):
                     log.exception("executor: a job raised outside its run")
                 if handle is not None:
-                    handle._never_starts(Outcome(EndReason.ERROR, "interrupted outside the "
-                                                 "experiment; the daemon log has the details"))
+                    self.later(handle._never_starts, Outcome(
+                        EndReason.ERROR, "interrupted outside the experiment; the daemon "
+                        "log has the details"))
             finally:
                 self.busy_with = None
 
@@ -539,18 +591,13 @@ class Executor:
                              preempted=True)
         finally:
             self.router.detach()
-        if isinstance(result, Outcome):
-            prep.log.close()
         return result
 
     def _acquire(self, spec: JobSpec, ctx: JobContext, prep: Prepared) -> Acquired | Outcome:
         exp, loaded = prep.exp, prep.loaded
         try:
             ctx.board_stage = True
-            job_log.info("job %s: %s.%s by %s (%s)%s", spec.job_id, spec.experiment_module,
-                         spec.experiment_class, spec.user, spec.os_user,
-                         " resuming from its checkpoint" if ctx.safe and ctx.safe.resumed
-                         else "")
+            self.later(self._log_start, prep.log, spec, bool(ctx.safe and ctx.safe.resumed))
             if ctx.safe is not None:
                 ctx.safe.begin()
             setpoint = self.setpoint.apply(ctx.hardware_config, ctx)
@@ -606,8 +653,9 @@ class Executor:
     # Two threads, so a long fit never delays saving (and completing) the jobs after it.
     def _save_loop(self) -> None:
         while (item := self._to_save.get()) is not None:
-            result, handle = item
+            result, handle, jl = item
             if isinstance(result, Outcome):  # nothing to save
+                jl.close()
                 handle.done.set_result(result)
                 continue
             handle.claimed.wait()  # never a data file for a job not recorded as started
@@ -618,6 +666,13 @@ class Executor:
                 continue
             out = self._in_job_log(result, self._save, result)
             if out.reason is EndReason.COMPLETED and out.results is None:
+                # Fits may fall far behind the board (a 200 ms fit after each 7 ms
+                # acquisition): a job waiting for its fit holds no open file, and past
+                # SPILL_BYTES no data either (its fit reads them back from the saved file).
+                result.log.close()
+                if self.backlog_bytes > SPILL_BYTES:
+                    self._release(result)
+                    result.data = None
                 self._to_fit.put((result, out, handle.done))
             else:
                 self._deliver(result, out, handle.done)
@@ -625,7 +680,16 @@ class Executor:
     def _fit_loop(self) -> None:
         while (item := self._to_fit.get()) is not None:
             acq, out, done = item
+            # The board's next jobs are prepared first: a fit can wait, the board should not
+            # (a Python-heavy fit would otherwise take the GIL from the prepare thread).
+            self._prepare_idle.wait(PREPARE_FIRST_S)
+            acq.log.reopen()
             self._deliver(acq, self._in_job_log(acq, self._fit, acq, out), done)
+
+    def _release(self, acq: Acquired) -> None:
+        with self._backlog_lock:
+            self.backlog_bytes -= acq.held
+        acq.held = 0
 
     def _in_job_log(self, acq: Acquired, step: Callable[..., Outcome], *args: Any) -> Outcome:
         self.router.attach(acq.log)
@@ -639,8 +703,7 @@ class Executor:
             self.router.detach()
 
     def _deliver(self, acq: Acquired, out: Outcome | None, done: Future) -> None:
-        with self._backlog_lock:
-            self.backlog_bytes -= acq.nbytes
+        self._release(acq)
         acq.log.close()
         if out is not None:
             out.finished_at = utcnow()
@@ -665,8 +728,9 @@ class Executor:
             return out
         out.data_file_path = str(spec.data_path)
         job_log.info("raw data saved to %s", spec.data_path)
-        if acq.ctx.safe is not None:   # the data file holds it all now (#16)
-            remove_checkpoint(checkpoint_path(spec.data_path))
+        if acq.ctx.safe is not None and acq.ctx.safe.resumed:  # the data file holds it all
+            remove_checkpoint(checkpoint_path(spec.data_path))  # now (#16; only a resumed
+            # job has a checkpoint: a preempted one ends before its save)
         out.reason = EndReason.COMPLETED
         if has_analysis:
             out.results = None  # type: ignore[assignment]
@@ -677,7 +741,9 @@ class Executor:
         results: dict[str, Any] = {}
         analysis_error = None
         try:
-            results = dict(acq.exp.analyze(dict(acq.data)) or {})
+            data = acq.data if acq.data is not None else \
+                data_file.load(acq.spec.data_path)["data"]
+            results = dict(acq.exp.analyze(dict(data)) or {})
         except Exception as exc:
             analysis_error = f"{type(exc).__name__}: {exc}"
             job_log.error("analysis failed (raw data is saved):\n%s", traceback.format_exc())

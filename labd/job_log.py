@@ -16,10 +16,15 @@ _LINE_ENDS = (b"\n", b"\r")
 
 
 class JobLog:
-    """An open, size-capped log file for one job (written only by the executor thread)."""
+    """An open, size-capped log file for one job. Written by the thread working on the job;
+    with ``defer``, text is buffered and written by whatever ``defer`` hands the flush to
+    (the board thread's helper: a write is a system call, which would give up the GIL
+    between two acquisitions). ``close`` writes what is still buffered, so a job's log is
+    whole before its outcome is recorded."""
 
     def __init__(self, path: Path, max_bytes: int,
-                 on_text: Callable[[str], None] | None = None, resume: bool = False) -> None:
+                 on_text: Callable[[str], None] | None = None, resume: bool = False,
+                 defer: Callable[[Callable[[], None]], None] | None = None) -> None:
         """``resume``: the job's own earlier attempt may have left its log (it was taken
         back before the board started it, or labd died just after the start): add to it."""
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +33,9 @@ class JobLog:
         self.size = 0
         self.truncated = False
         self._on_text = on_text
+        self._defer = defer
+        self._lock = threading.Lock()     # one writer at a time, lines kept in order
+        self._buffered: list[bytes] = []
         try:  # a new file: a job ID reused after a lost database must not add to another's log
             self._fh = open(path, "xb", buffering=0)
         except FileExistsError:
@@ -39,28 +47,56 @@ class JobLog:
                                   "never writes into another job's files", str(path)) from None
 
     def write(self, text: str) -> None:
-        if not text or self.truncated:
+        if not text:
             return
-        data = text.encode("utf-8", "replace")
-        room = self.max_bytes - self.size
-        if len(data) > room:
-            data = data[:max(room, 0)]
-            note = f"\n[labd: log truncated at {self.max_bytes} bytes]\n".encode()
-            data += note
-            self.truncated = True
-        try:
-            self._fh.write(data)
-        except OSError as exc:  # disk full: the experiment's print() must not fail for it
-            self.truncated = True
+        with self._lock:
+            if self.truncated:
+                return
+            data = text.encode("utf-8", "replace")
+            room = self.max_bytes - self.size
+            if len(data) > room:
+                data = data[:max(room, 0)]
+                data += f"\n[labd: log truncated at {self.max_bytes} bytes]\n".encode()
+                self.truncated = True
+            self.size += len(data)
+            self._buffered.append(data)
+            first = len(self._buffered) == 1
+        if self._defer is None:
+            self.flush()
+        elif first:
+            self._defer(self.flush)
+
+    def flush(self) -> None:
+        """Write the buffered text and pass it on (``on_text``), in order."""
+        with self._lock:
+            if not self._buffered or self._fh.closed:
+                return
+            data = b"".join(self._buffered)
+            self._buffered.clear()
+            try:
+                self._fh.write(data)
+            except OSError as exc:  # disk full: the experiment's print() must not fail
+                self.truncated = True
+                failed: OSError | None = exc
+            else:
+                failed = None
+                if self._on_text is not None:
+                    self._on_text(data.decode("utf-8", "replace"))
+        if failed is not None:  # logged outside the lock: it may be routed back here
             logging.getLogger(__name__).error("job log %s: %s; not written further",
-                                              self.path, exc.strerror or exc)
-            return
-        self.size += len(data)
-        if self._on_text is not None:
-            self._on_text(data.decode("utf-8", "replace"))
+                                              self.path, failed.strerror or failed)
 
     def close(self) -> None:
-        self._fh.close()
+        self.flush()
+        with self._lock:
+            self._fh.close()
+
+    def reopen(self) -> None:
+        """Open it again (appending) after ``close``: a job waiting for its fit holds no
+        file descriptor, however many wait."""
+        with self._lock:
+            if self._fh.closed:
+                self._fh = open(self.path, "ab", buffering=0)
 
 
 class LogRouter:

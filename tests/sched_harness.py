@@ -37,6 +37,10 @@ class FakeExecutor:
         self.handles: dict[str, Handle] = {}
         self._waiting: list[Handle] = []
 
+    @staticmethod
+    def later(fn: Any, *args: Any) -> None:
+        fn(*args)
+
     def submit(self, spec: Any, ctx: Any, on_log: Any = None) -> Handle:
         handle = Handle(spec, ctx, on_log)
         if self.safe_points:

@@ -47,6 +47,34 @@ async def test_a_more_urgent_job_takes_the_place_of_the_prepared_one(tmp_path):
         assert await h.started() == prepared                     # then it, once
 
 
+def upcoming(h: Harness) -> list[str]:
+    return [run.job.job_id for run in h.sched.dispatcher.upcoming]
+
+
+async def test_two_jobs_are_prepared_ahead_and_keep_the_run_order(tmp_path):
+    """The board's next two jobs are prepared. A job that outranks only the second goes
+    between them; taking back the first (held) takes back the second too, so no prepared
+    job ever overtakes one before it in the run order."""
+    async with Harness(tmp_path) as h:
+        first = await h.submit(priority=5)
+        assert await h.started() == first
+        a, b = await h.submit(priority=5), await h.submit(priority=0)
+        await wait_for_condition(lambda: upcoming(h) == [a, b])
+        assert [h.sched.position(j) for j in (a, b)] == [1, 2]
+        u = await h.submit(priority=3)                             # outranks b, not a
+        assert h.sched.active[b].phase == RunPhase.QUEUED          # b taken back
+        await wait_for_condition(lambda: upcoming(h) == [a, u])
+        assert h.sched.position(b) == 3
+        await h.sched.set_held(ALICE, a, True)
+        await wait_for_condition(lambda: upcoming(h) == [u, b])    # u again, after a
+        h.executor.finish(first)
+        for job in (u, b):
+            assert await h.started() == job
+            h.executor.finish(job)
+        await h.final(b)
+        assert (await h.store.get_job(a)).status == "pending"      # still held
+
+
 async def test_hold_and_cancel_of_the_prepared_job_act_on_a_pending_job(tmp_path):
     async with Harness(tmp_path) as h:
         first, held, cancelled = await h.submit(), await h.submit(), await h.submit()

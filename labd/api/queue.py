@@ -50,9 +50,8 @@ async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
     unfiltered = p.user is None and p.os_user is None
     eta = None if sched.paused else sched.time_to_free()
     typical = sched.estimates.typical()
-    # the prepared job (phase starting) is still pending until the board takes it: first
-    nxt = sched.dispatcher.next
-    ahead = [nxt.job] if nxt is not None else []
+    # the prepared jobs (phase starting) are still pending until the board takes them: first
+    ahead = [run.job for run in sched.dispatcher.upcoming]
     for pos, pj in enumerate(itertools.chain(
             ahead, sched.queue.ordered(p.limit if unfiltered else None)), 1):
         if (p.user is None or pj.user == p.user) and \

@@ -401,9 +401,7 @@ class Scheduler:
             policy.require_owner(peer, job.os_uid, job_id, "cancel")
             raise Conflict(f"{job_id} is already {job.status.value}; nothing to cancel")
         policy.require_owner(peer, pj.os_uid, job_id, "cancel")
-        nxt = self.dispatcher.next
-        if nxt is not None and nxt.job is pj:
-            self.dispatcher.revoke_next("cancelled")  # not started yet: cancel it as pending
+        self.dispatcher.take_back(pj, "cancelled")  # not started yet: cancel it as pending
         if pj.phase in PENDING_PHASES:
             await self._end_pending(pj, EndReason.CANCELLED,
                                     f"cancelled by {peer.username} while pending", retry=False)
@@ -445,17 +443,16 @@ class Scheduler:
             raise Unavailable(f"not {'paused' if paused else 'resumed'}: {exc}") from None
         self.paused = paused
         if paused:
-            self.dispatcher.revoke_next("the queue is paused")
+            self.dispatcher.revoke_upcoming("the queue is paused")
         self.dispatcher.wake()
         self.events.publish({"type": "queue", "paused": paused, "by": peer.username})
         return {"paused": paused}
 
     def _own_pending(self, peer: Peer, job_id: str, action: str) -> PendingJob:
         pj = self.active.get(job_id)
-        if pj is not None and self.dispatcher.next is not None and \
-                self.dispatcher.next.job is pj:
+        if pj is not None and any(run.job is pj for run in self.dispatcher.upcoming):
             policy.require_owner(peer, pj.os_uid, job_id, action)
-            self.dispatcher.revoke_next(f"being {action}")  # not started: pending again
+            self.dispatcher.take_back(pj, f"being {action}")  # not started: pending again
         if pj is None or pj.phase not in PENDING_PHASES:
             raise Conflict(f"{job_id} is not pending; only a pending job can be {action}")
         policy.require_owner(peer, pj.os_uid, job_id, action)
@@ -506,9 +503,8 @@ class Scheduler:
         """(#13) A pending calibration that a more urgent job waits for runs at that job's
         priority (whose submitter's cap was checked); one that started needs nothing."""
         pj = self.active.get(job_id)
-        if pj is not None and self.dispatcher.next is not None and \
-                self.dispatcher.next.job is pj:
-            self.dispatcher.revoke_next("its priority is raised")
+        if pj is not None:
+            self.dispatcher.take_back(pj, "its priority is raised")
         if pj is None or not self._is_pending(pj) or pj.priority >= priority:
             return
         old = pj.priority
@@ -522,18 +518,19 @@ class Scheduler:
         return self.dispatcher.running
 
     def position(self, job_id: str) -> int | None:
-        """1-based place in the run order; the prepared job (not started yet) is first."""
-        nxt = self.dispatcher.next
-        if nxt is not None and nxt.job.job_id == job_id:
-            return 1
+        """1-based place in the run order; the prepared jobs (not started yet) first."""
+        upcoming = self.dispatcher.upcoming
+        for i, run in enumerate(upcoming, 1):
+            if run.job.job_id == job_id:
+                return i
         pj = self.active.get(job_id)
         pos = None if pj is None else self.queue.position(pj)
-        return None if pos is None else pos + (nxt is not None)
+        return None if pos is None else pos + len(upcoming)
 
     @property
     def runnable_count(self) -> int:
-        """Runnable pending jobs, the prepared one (not started yet) included."""
-        return len(self.queue) + (self.dispatcher.next is not None)
+        """Runnable pending jobs, the prepared ones (not started yet) included."""
+        return len(self.queue) + len(self.dispatcher.upcoming)
 
     def time_to_free(self) -> float | None:
         """Seconds until the board is free (0 if idle, None if unknown)."""

@@ -5,12 +5,15 @@ ends; only then is it durably recorded as running, and nothing of it is saved be
 record), supervise (cancel, time limit, escalation), analyze (the save and analysis
 threads, while the next job acquires) and finish (record the outcome).
 
-The prepared job is taken back to the queue, unstarted, when a more urgent job arrives,
-the queue is paused, labd shuts down, or a main config it would use changes (every job
-runs with main as of its start); while a job that may update main (a calibration) runs or
-is analyzed, the next one is not prepared at all. The jobs
-waiting for their save and fit are bounded (``MAX_ANALYZING`` jobs, ``MAX_BACKLOG_BYTES`` of
-raw data): past that the board waits for a fit rather than piling up data in memory.
+The board's next ``PREPARE_AHEAD`` jobs are prepared. A prepared job is taken back to the
+queue, unstarted (with the prepared jobs after it, which must not overtake it), when a
+more urgent job arrives, the queue is paused, labd shuts down, or a main config it would
+use changes (every job runs with main as of its start); while a job that may update main
+(a calibration) is prepared, runs or is analyzed, the job after it is not prepared at all.
+Fits may fall far behind the board: the jobs waiting for their save and fit are bounded
+only by ``MAX_ANALYZING`` jobs (each holding no open file, and its data only while the
+executor holds under ``SPILL_BYTES``) and ``MAX_BACKLOG_BYTES`` of unsaved raw data; past
+that the board waits for a fit.
 
 Escalation for a job asked to stop: its stop flag (cooperative, ``check_stop``); after
 ``stop_grace_s`` it is interrupted at its next labd call (board, log, print, progress);
@@ -56,7 +59,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_BY = "labd shutdown"   # (#16) who a job yields to at SIGTERM
-MAX_ANALYZING = 256
+PREPARE_AHEAD = 2   # prepared jobs waiting for the board: while the board takes one, the
+                    # next is ready, and the one after is prepared with a whole
+                    # acquisition to spare (hops through a busy loop and GIL cost ms)
+MAX_ANALYZING = 4096   # jobs acquired, waiting for their save and fit (no open file each)
 MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 
 
@@ -89,7 +95,7 @@ class Dispatcher:
         self.sched = sched
         self.executor = sched.executor
         self.running: Running | None = None     # the board has it
-        self.next: Running | None = None        # prepared, waiting for the board
+        self.upcoming: list[Running] = []       # prepared, waiting for the board, in order
         self.stuck_since: float | None = None   # the board thread ignored every stop
         self.analyzing: dict[str, PendingJob] = {}  # acquired, being saved and analyzed
         self._main_changing = 0                 # config main changes being committed
@@ -106,11 +112,16 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def next(self) -> Running | None:
+        """The job the board takes next, if it is prepared (or being prepared)."""
+        return self.upcoming[0] if self.upcoming else None
+
     async def stop(self, timeout: float) -> None:
         """Shutdown: the prepared job goes back to pending; the running job is asked to
         stop at a safe point; wait (bounded) for both. Jobs being analyzed finish (the
         scheduler waits for their outcomes)."""
-        for run in (self.next, self.running):
+        for run in (*self.upcoming, self.running):
             if run is None:
                 continue
             if run is self.running and run.ctx.stop_kind is None and \
@@ -139,24 +150,26 @@ class Dispatcher:
                               "reached in time)")
 
     def _idle(self) -> bool:
-        return not (len(self.sched.queue) or self.analyzing or self.running or self.next)
+        return not (len(self.sched.queue) or self.analyzing or self.running or self.upcoming)
 
     def _can_start(self) -> bool:
         """May the next job be prepared and handed to the board (which takes it when the
         current acquisition ends)?"""
         s = self.sched
         return not (s.paused or self.stuck_since is not None or not len(s.queue)
-                    or self.next is not None or self._main_changing
+                    or len(self.upcoming) >= PREPARE_AHEAD or self._main_changing
                     or self._main_may_change()
-                    or len(self.analyzing) + (self.running is not None) >= MAX_ANALYZING
+                    or len(self.analyzing) + (self.running is not None)
+                    + len(self.upcoming) >= MAX_ANALYZING
                     or self.executor.backlog_bytes >= MAX_BACKLOG_BYTES)
 
     def _main_may_change(self) -> bool:
-        """A job that may update main when it completes (a calibration) is acquiring or
-        being analyzed: the next job waits, so it never runs on a replaced config."""
+        """A job that may update main when it completes (a calibration) is prepared,
+        acquiring or being analyzed: the job after it waits, so it never runs on a replaced
+        config."""
         updating = self.sched.calibration.updating
-        run = self.running
-        return (run is not None and run.job.job_id in updating) or any(
+        return any(run.job.job_id in updating
+                   for run in (*self.upcoming, self.running) if run is not None) or any(
             job_id in updating for job_id in self.analyzing)
 
     async def _dispatch_loop(self) -> None:
@@ -173,34 +186,46 @@ class Dispatcher:
             pj = self.sched.take_next()
             ctx = JobContext(pj.job_id, self.executor.board, self._on_progress,
                              self.executor.clock)
-            self.next = Running(pj, ctx, "", time.monotonic(),
-                                self.sched.settings.job_time_limit_s)
-            self.sched.spawn(self._job(self.next))
-        while self.next is not None or self.running is not None:  # shutdown: let them end
+            run = Running(pj, ctx, "", time.monotonic(), self.sched.settings.job_time_limit_s)
+            self.upcoming.append(run)
+            self.sched.spawn(self._job(run))
+        while self.upcoming or self.running is not None:  # shutdown: let them end
             self._wake.clear()
             await self._wake.wait()
 
-    # ---- taking back the prepared job -------------------------------------------------
-    def revoke_next(self, why: str) -> bool:
-        """Take the prepared job back to the queue if the board has not started it; then
-        it is pending again at once (it can be held, reprioritized, cancelled as such)."""
-        nxt = self.next
-        if nxt is None or (nxt.handle is not None and not nxt.handle.revoke()):
-            return False
-        log.debug("%s taken back before its start: %s", nxt.job.job_id, why)
-        nxt.revoked = True
-        self._release(nxt)
-        nxt.job.attempts += 1
-        self.sched.requeue(nxt.job)
-        return True
+    # ---- taking back prepared jobs ----------------------------------------------------
+    def revoke_upcoming(self, why: str, first: int = 0) -> bool:
+        """Take the prepared jobs from ``upcoming[first]`` on back to the queue (the ones
+        after it too: none may start before it), unless the board started them; they are
+        pending again at once (they can be held, reprioritized, cancelled as such). True if
+        ``upcoming[first]`` will not start."""
+        taken = self.upcoming[first:]
+        for run in reversed(taken):   # the board takes them in order: the last ones first
+            if run.handle is not None and not run.handle.revoke():
+                return False          # the board has it, and so every one before it
+            log.debug("%s taken back before its start: %s", run.job.job_id, why)
+            run.revoked = True
+            self._release(run)
+            run.job.attempts += 1
+            self.sched.requeue(run.job)
+        return bool(taken)
+
+    def take_back(self, pj: PendingJob, why: str) -> bool:
+        """If ``pj`` is prepared and not started, it is pending again (True)."""
+        for i, run in enumerate(self.upcoming):
+            if run.job is pj:
+                return self.revoke_upcoming(why, i)
+        return False
 
     def queued(self, pj: PendingJob) -> None:
-        """A job became runnable: one more urgent than the prepared job goes first."""
-        nxt = self.next
-        if nxt is not None and pj.priority > nxt.job.priority:
-            self.revoke_next(f"{pj.job_id} has a higher priority")
-        elif nxt is not None and pj.resume and pj < nxt.job:
-            self.revoke_next(f"{pj.job_id} was preempted: it resumes first")  # (#16)
+        """A job became runnable: it goes before the prepared jobs it outranks."""
+        for i, run in enumerate(self.upcoming):
+            if pj.priority > run.job.priority:
+                self.revoke_upcoming(f"{pj.job_id} has a higher priority", i)
+                break
+            if pj.resume and pj < run.job:
+                self.revoke_upcoming(f"{pj.job_id} was preempted: it resumes first", i)
+                break
         self.consider_preempt(pj)
         self.wake()
 
@@ -247,17 +272,18 @@ class Dispatcher:
         prepared job that would use the old main is taken back, so every job runs with
         main as of its start."""
         self.block_starts()
-        nxt = self.next
-        if nxt is not None and nxt.handle is not None and \
-                type_name in nxt.handle.spec.configs and type_name not in nxt.pinned:
-            self.revoke_next(f"main {type_name} is changing")
+        for i, run in enumerate(self.upcoming):
+            if run.handle is not None and type_name in run.handle.spec.configs and \
+                    type_name not in run.pinned:
+                self.revoke_upcoming(f"main {type_name} is changing", i)
+                break
         try:
             yield
         finally:
             self.unblock_starts()
 
     def request_stop(self, run: Running, kind: EndReason, message: str) -> None:
-        if run is self.next and kind is EndReason.SHUTDOWN and self.revoke_next("shutdown"):
+        if kind is EndReason.SHUTDOWN and self.take_back(run.job, "shutdown"):
             return  # never started: it stays pending
         run.ctx.request_stop(kind, message)
         run.job.phase = RunPhase.STOPPING
@@ -267,7 +293,7 @@ class Dispatcher:
 
     def of(self, pj: PendingJob) -> Running | None:
         """The prepared or running record of ``pj``, if the board has or will have it."""
-        for run in (self.running, self.next):
+        for run in (self.running, *self.upcoming):
             if run is not None and run.job is pj:
                 return run
         return None
@@ -284,8 +310,8 @@ class Dispatcher:
                                           "starting the job; the daemon log has the details"))
 
     def _release(self, run: Running) -> None:
-        if self.next is run:
-            self.next = None
+        if run in self.upcoming:
+            self.upcoming.remove(run)
         if self.running is run:
             self.running = None
         self.wake()
@@ -326,8 +352,8 @@ class Dispatcher:
                 self.sched.finish(pj, outcome)
             return
         # the board has it; only now is it recorded as started (the board did not wait)
-        if self.next is run:
-            self.next = None
+        if run in self.upcoming:
+            self.upcoming.remove(run)
         self.running = run
         self.wake()   # prepare the one after it
         self.consider_preempt()   # (#16) one more urgent came while it was being handed over
@@ -461,7 +487,8 @@ class Dispatcher:
 
     # ---- events from the executor thread -------------------------------------------
     def _on_progress(self, job_id: str, fraction: float) -> None:
-        self._loop.call_soon_threadsafe(self._progress, job_id, fraction)
+        """From the board thread: the loop is woken by the executor's helper thread."""
+        self.executor.later(self._loop.call_soon_threadsafe, self._progress, job_id, fraction)
 
     def _progress(self, job_id: str, fraction: float) -> None:
         if self.running is not None and self.running.job.job_id == job_id:
