@@ -46,7 +46,6 @@ _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when avai
 job_log = logging.getLogger("labd.job")
 
 
-SPILL_BYTES = 64 * 1024 * 1024   # data held for fits beyond this are read back from the file
 PREPARE_FIRST_S = 1.0            # how long a fit waits for the prepare thread to be idle
 
 
@@ -310,12 +309,13 @@ class Executor:
 
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
-                 router: LogRouter) -> None:
+                 router: LogRouter, fit_backlog_bytes: int = 64 * 1024 * 1024) -> None:
         self.loader = loader
         self.board = board
         self.setpoint = setpoint
         self.read_config = config_reader
         self.max_log_bytes = max_log_bytes
+        self.fit_backlog_bytes = fit_backlog_bytes
         self.router = router
         self._yaml_cache: dict[str, dict[str, Any]] = {}
         self._experiment_roots = tuple(
@@ -668,9 +668,9 @@ class Executor:
             if out.reason is EndReason.COMPLETED and out.results is None:
                 # Fits may fall far behind the board (a 200 ms fit after each 7 ms
                 # acquisition): a job waiting for its fit holds no open file, and past
-                # SPILL_BYTES no data either (its fit reads them back from the saved file).
+                # fit_backlog_bytes no data either (its fit reads them from the saved file).
                 result.log.close()
-                if self.backlog_bytes > SPILL_BYTES:
+                if self.backlog_bytes > self.fit_backlog_bytes:
                     self._release(result)
                     result.data = None
                 self._to_fit.put((result, out, handle.done))

@@ -70,6 +70,20 @@ def test_raw_data_durable_before_the_fit_and_the_board_free(make_daemon, tmp_pat
         assert "fitted" in c.logs(slow)["text"]
 
 
+def test_fits_far_behind_read_their_data_back_from_the_file(make_daemon):
+    """Past fit_backlog_bytes a job waiting for its fit holds no data: its fit reads them
+    from the saved file and gives what it gives with the data in memory."""
+    results = []
+    for limit in (64 * 1024 * 1024, 0):                 # held, then always read back
+        d = make_daemon(mock_seed=3, fit_backlog_bytes=limit)
+        with Client(d.socket) as c:
+            job = c.wait(c.submit("T1Experiment", "experiments.single_qubit.t1",
+                                  {"expts": 20, "reps": 10}), timeout=60)
+            assert job.is_successful() and job.error_message is None, job.error_message
+            results.append(job.results)
+    assert results[0] == results[1] and results[0]["T1"] > 0
+
+
 def test_kill_during_analysis_keeps_raw_data_and_says_so(make_daemon, tmp_path):
     d = make_daemon()
     with Client(d.socket) as c:

@@ -12,7 +12,7 @@ use changes (every job runs with main as of its start); while a job that may upd
 (a calibration) is prepared, runs or is analyzed, the job after it is not prepared at all.
 Fits may fall far behind the board: the jobs waiting for their save and fit are bounded
 only by ``MAX_ANALYZING`` jobs (each holding no open file, and its data only while the
-executor holds under ``SPILL_BYTES``) and ``MAX_BACKLOG_BYTES`` of unsaved raw data; past
+executor holds under ``fit_backlog_bytes``) and ``MAX_BACKLOG_BYTES`` of unsaved raw data; past
 that the board waits for a fit.
 
 Escalation for a job asked to stop: its stop flag (cooperative, ``check_stop``); after
