@@ -157,6 +157,20 @@ STEPS: list[list[str]] = [
         "ALTER TABLE jobs ADD COLUMN preempted_at TEXT",
         "ALTER TABLE jobs ADD COLUMN resume_versions TEXT",   # JSON, set once preempted
     ],
+    # (issue #14) history `since` as a seq bound (store.history_sql): created_max is the
+    # running max of created_at in seq order, which never decreases even where created_at
+    # does (clock steps, imported rows); backfilled here, kept by a trigger on every insert
+    # whoever inserts. It replaces the created_at index: one B-tree less on each submit.
+    [
+        "ALTER TABLE jobs ADD COLUMN created_max TEXT",
+        "UPDATE jobs SET created_max = m FROM (SELECT seq AS s, max(created_at) OVER"
+        " (ORDER BY seq) AS m FROM jobs) WHERE seq = s",
+        "CREATE TRIGGER jobs_created_max AFTER INSERT ON jobs BEGIN"
+        " UPDATE jobs SET created_max = max(NEW.created_at, coalesce((SELECT created_max"
+        " FROM jobs WHERE seq < NEW.seq ORDER BY seq DESC LIMIT 1), NEW.created_at))"
+        " WHERE seq = NEW.seq; END",
+        "DROP INDEX jobs_by_created_at",
+    ],
 ]
 VERSION = len(STEPS)
 

@@ -58,11 +58,55 @@ def job_row(values: dict[str, Any]) -> tuple:
                  else values.get(c) for c in JOB_COLUMNS)
 
 
+# looked up once: pydantic's Job.model_fields is a property that costs ~1.5 us a call, paid
+# per column per row (a 50-job history page: ~2k calls, a third of its CPU time)
+_JOB_FIELDS = frozenset(Job.model_fields)
+
+
 def row_to_job(row: aiosqlite.Row) -> Job:
-    d = {k: row[k] for k in row.keys() if k in Job.model_fields}
+    d = {k: row[k] for k in row.keys() if k in _JOB_FIELDS}
     for c in _JSON_COLUMNS & d.keys():
         d[c] = json.loads(d[c])
     return Job.model_validate(d)
+
+
+# The first seq from which on ``created_max`` (the running max of created_at in seq order,
+# kept by a trigger, see migrations) reaches the bound: no earlier job can have been created
+# at or after it, even where created_at goes backwards in seq (clock steps, imported rows).
+# created_max never decreases, so binary lifting over the primary key finds that seq: x is
+# the last seq known to be before it, tried further by halving steps (~63 primary-key probes,
+# no index to write on every submit). NULL on an empty table (which has no such jobs either).
+_SINCE_SEQ = (
+    "(WITH RECURSIVE b(x, step) AS ("
+    " SELECT (SELECT min(seq) FROM jobs) - 1, 1 << 62"
+    " UNION ALL"
+    " SELECT x + iif((SELECT created_max < ? FROM jobs WHERE seq >= x + step"
+    "  ORDER BY seq LIMIT 1), step, 0), step / 2 FROM b WHERE step > 0)"
+    " SELECT max(x) + 1 FROM b)")
+
+
+def history_sql(*, user: str | None, os_user: str | None, status: str | None,
+                experiment: str | None, since: str | None, batch_id: str | None,
+                before_seq: int | None, limit: int) -> tuple[str, list[Any]]:
+    """The history query, newest first. ``since`` also bounds seq from below, so SQLite
+    walks only the jobs after that point instead of checking created_at on every older
+    one (a `since` that excludes every job below a cursor cost a walk of all of them)."""
+    where, params = [], []
+    for col, val in (("user", user), ("os_user", os_user), ("status", status),
+                     ("experiment_class", experiment), ("batch_id", batch_id)):
+        if val is not None:
+            where.append(f"{col} = ?")
+            params.append(val)
+    if since is not None:
+        where += [f"seq >= {_SINCE_SEQ}", "created_at >= ?"]
+        params += [since, since]
+    if before_seq is not None:
+        where.append("seq < ?")
+        params.append(before_seq)
+    sql = "SELECT * FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + " ORDER BY seq DESC LIMIT ?", [*params, limit]
 
 
 class StoreError(RuntimeError):
@@ -280,23 +324,9 @@ class Store:
     async def history(self, *, user: str | None, os_user: str | None, status: str | None,
                       experiment: str | None, since: str | None, batch_id: str | None,
                       before_seq: int | None, limit: int) -> list[aiosqlite.Row]:
-        where, params = [], []
-        for col, val in (("user", user), ("os_user", os_user), ("status", status),
-                         ("experiment_class", experiment), ("batch_id", batch_id)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(since)
-        if before_seq is not None:
-            where.append("seq < ?")
-            params.append(before_seq)
-        sql = "SELECT * FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        return await self.fetchall(sql, (*params, limit))
+        return await self.fetchall(*history_sql(
+            user=user, os_user=os_user, status=status, experiment=experiment, since=since,
+            batch_id=batch_id, before_seq=before_seq, limit=limit))
 
     async def hold_reasons(self, job_ids: list[str]) -> dict[str, str]:
         """Why labd itself held these jobs (the ones it did), in one query."""

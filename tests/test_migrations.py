@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labd.migrations import VERSION
+from labd.migrations import BASELINE, STEPS, VERSION
 from labd.store import Store, StoreError, row_to_job
 
 V0 = (Path(__file__).parent / "data" / "schema_v0.sql").read_text()
@@ -67,3 +67,42 @@ async def test_a_database_from_a_newer_labd_is_refused(tmp_path):
         conn.execute(f"PRAGMA user_version = {VERSION + 1}")
     with pytest.raises(StoreError, match="newer than this labd"):
         await Store(db).open()
+
+
+async def test_created_max_is_backfilled_as_the_running_max_of_created_at(tmp_path):
+    """A database from before created_max (history's `since` bound) gets it for every job
+    already stored, correct where created_at goes backwards, and history finds every job
+    created since any point, as a check of every job would."""
+    before = 6                                    # STEPS[6] adds created_max
+    assert "created_max" in STEPS[before][0]
+    created = ["2026-01-01T10:00:00.000000+00:00", "2026-01-01T09:00:00.000000+00:00",
+               "2026-01-01T11:00:00.000000+00:00", "2026-01-01T08:00:00.000000+00:00",
+               "2026-01-01T11:00:00.000000+00:00", "2026-01-01T12:00:00.000000+00:00",
+               "2026-01-01T10:30:00.000000+00:00"]
+    db = tmp_path / "labd.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(BASELINE)
+        for step in STEPS[:before]:
+            for sql in step:
+                conn.execute(sql)
+        conn.execute(f"PRAGMA user_version = {before}")
+        for i, at in enumerate(created):
+            conn.execute(
+                "INSERT INTO jobs (job_id, status, user, os_user, os_uid, experiment_class,"
+                " experiment_module, experiment_config, priority, created_at)"
+                " VALUES (?, 'completed', 'alice', 'alice', 1000, 'T1Experiment',"
+                " 'experiments.single_qubit.t1', '{}', 0, ?)", (f"JOB-20260101-{i + 1:05d}", at))
+    store = Store(db)
+    await store.open()
+    try:
+        rows = await store.fetchall("SELECT created_max FROM jobs ORDER BY seq")
+        assert [r["created_max"] for r in rows] == [max(created[:i + 1])
+                                                    for i in range(len(created))]
+        for since in sorted(set(created)):
+            rows = await store.history(user=None, os_user=None, status=None, experiment=None,
+                                       since=since, batch_id=None, before_seq=None, limit=100)
+            assert [r["job_id"] for r in rows] == [
+                f"JOB-20260101-{i + 1:05d}" for i in reversed(range(len(created)))
+                if created[i] >= since]
+    finally:
+        await store.close()
