@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, startup_checks
+from .job_log import UnlockedHandler
 from .settings import Settings
 from .startup_checks import EXIT_FAILED, EXIT_SETTINGS, StartupError
 
@@ -34,13 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     records: queue.SimpleQueue = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stream)
-    logging.basicConfig(level=args.log_level.upper(),
-                        handlers=[logging.handlers.QueueHandler(records)])
+    logging.basicConfig(level=args.log_level.upper(), handlers=[_QueueHandler(records)])
     listener.start()
     try:
         return _run(args, listener)
     finally:
         listener.stop()
+
+
+class _QueueHandler(logging.handlers.QueueHandler, UnlockedHandler):
+    """Puts records on the listener's queue (thread-safe by itself: no handler lock)."""
 
 
 def _run(args: argparse.Namespace, listener: logging.handlers.QueueListener) -> int:

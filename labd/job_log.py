@@ -34,7 +34,8 @@ class JobLog:
         self.truncated = False
         self._on_text = on_text
         self._defer = defer
-        self._lock = threading.Lock()     # one writer at a time, lines kept in order
+        self._lock = threading.Lock()     # the buffer; never held across I/O
+        self._flushing = threading.Lock()  # one flush at a time: lines stay in order
         self._buffered: list[bytes] = []
         try:  # a new file: a job ID reused after a lost database must not add to another's log
             self._fh = open(path, "xb", buffering=0)
@@ -68,11 +69,12 @@ class JobLog:
 
     def flush(self) -> None:
         """Write the buffered text and pass it on (``on_text``), in order."""
-        with self._lock:
-            if not self._buffered or self._fh.closed:
-                return
-            data = b"".join(self._buffered)
-            self._buffered.clear()
+        with self._flushing:
+            with self._lock:
+                if not self._buffered or self._fh.closed:
+                    return
+                data = b"".join(self._buffered)
+                self._buffered.clear()
             try:
                 self._fh.write(data)
             except OSError as exc:  # disk full: the experiment's print() must not fail
@@ -88,13 +90,13 @@ class JobLog:
 
     def close(self) -> None:
         self.flush()
-        with self._lock:
+        with self._flushing:
             self._fh.close()
 
     def reopen(self) -> None:
         """Open it again (appending) after ``close``: a job waiting for its fit holds no
         file descriptor, however many wait."""
-        with self._lock:
+        with self._flushing:
             if self._fh.closed:
                 self._fh = open(self.path, "ab", buffering=0)
 
@@ -164,7 +166,17 @@ class _Tee(io.TextIOBase):
         return self.fallback.fileno()
 
 
-class _JobLogHandler(logging.Handler):
+class UnlockedHandler(logging.Handler):
+    """A handler without the per-handler lock logging takes around ``emit``: a thread
+    holding it while it waits for the GIL (formatting is Python) would stall every other
+    thread's log call, the board thread's between two acquisitions included. For handlers
+    whose ``emit`` is thread-safe by itself."""
+
+    def createLock(self) -> None:
+        self.lock = None  # type: ignore[assignment]   # acquire/release are no-ops then
+
+
+class _JobLogHandler(UnlockedHandler):   # JobLog.write has its own (short) lock
     def __init__(self, router: LogRouter) -> None:
         super().__init__(level=logging.DEBUG)
         self.router = router
