@@ -87,6 +87,26 @@ def describe(exc: sqlite3.Error, path: Path) -> str:
     return f"database write failed: {exc}"
 
 
+def _statements(ops: Sequence[Op]) -> list[tuple[str, list[Sequence[Any]], int | None]]:
+    """The ops of one transaction as (sql, params list, expect_rows) statements: consecutive
+    unconditional ops with the same SQL run as one executemany, and counter ops run last,
+    only the latest per prefix. A counter op sets its row outright and nothing in a
+    transaction reads counters, so this commits the same state; a group of N submits is
+    then 2 statements, not 2N."""
+    out: list[tuple[str, list[Sequence[Any]], int | None]] = []
+    counters: dict[Any, Sequence[Any]] = {}
+    for op in ops:
+        if op.sql == UPSERT_COUNTER:
+            counters[op.params[0]] = op.params
+        elif op.expect_rows is None and out and out[-1][0] == op.sql and out[-1][2] is None:
+            out[-1][1].append(op.params)
+        else:
+            out.append((op.sql, [op.params], op.expect_rows))
+    if counters:
+        out.append((UPSERT_COUNTER, list(counters.values()), None))
+    return out
+
+
 class _Request(NamedTuple):
     ops: Sequence[Op]
     fut: asyncio.Future
@@ -191,26 +211,20 @@ class Store:
                                                          "SQLITE_CORRUPT", "SQLITE_NOTADB"))
 
     async def _transaction(self, ops: Sequence[Op]) -> None:
-        """All ops in one transaction (begun implicitly by the first write); consecutive
-        unconditional ops with the same SQL go through one executemany."""
+        """All ops in one transaction (begun implicitly by the first write), as few
+        statements as they allow (``_statements``): each is a round trip to the database
+        thread."""
         w = self._w
         assert w is not None
         try:
-            i = 0
-            while i < len(ops):
-                op = ops[i]
-                if op.expect_rows is not None:
-                    cur = await w.execute(op.sql, op.params)
-                    if cur.rowcount != op.expect_rows:
-                        raise PreconditionFailed(f"{op.sql.split()[0].lower()} changed "
-                                                 f"{cur.rowcount} rows, not {op.expect_rows}")
-                    i += 1
+            for sql, params, expect_rows in _statements(ops):
+                if expect_rows is None:
+                    await w.executemany(sql, params)
                     continue
-                j = i
-                while j < len(ops) and ops[j].sql == op.sql and ops[j].expect_rows is None:
-                    j += 1
-                await w.executemany(op.sql, [o.params for o in ops[i:j]])
-                i = j
+                cur = await w.execute(sql, params[0])
+                if cur.rowcount != expect_rows:
+                    raise PreconditionFailed(f"{sql.split()[0].lower()} changed "
+                                             f"{cur.rowcount} rows, not {expect_rows}")
             await w.commit()
         except BaseException:
             if w.in_transaction:  # a failed COMMIT may already have rolled back
