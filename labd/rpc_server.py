@@ -70,10 +70,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+
+
 def _deserialize(text: str) -> Any:
-    """Strict JSON: NaN/Infinity (which we could not echo back as valid JSON) are refused."""
+    """Strict JSON: NaN/Infinity (which we could not echo back as valid JSON) are refused.
+    (One decoder for all: json.loads with these options builds one per call.)"""
     try:
-        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        return _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 

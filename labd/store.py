@@ -89,22 +89,15 @@ def describe(exc: sqlite3.Error, path: Path) -> str:
 
 
 def _statements(ops: Sequence[Op]) -> list[tuple[str, list[Sequence[Any]], int | None]]:
-    """The ops of one transaction as (sql, params list, expect_rows) statements: consecutive
-    unconditional ops with the same SQL run as one executemany, and counter ops run last,
-    only the latest per prefix. A counter op sets its row outright and nothing in a
-    transaction reads counters, so this commits the same state; a group of N submits is
-    then 2 statements, not 2N."""
+    """The ops of one transaction as (sql, params list, expect_rows) statements:
+    consecutive unconditional ops with the same SQL run as one executemany (a group of N
+    submits: one statement)."""
     out: list[tuple[str, list[Sequence[Any]], int | None]] = []
-    counters: dict[Any, Sequence[Any]] = {}
     for op in ops:
-        if op.sql == UPSERT_COUNTER:
-            counters[op.params[0]] = op.params
-        elif op.expect_rows is None and out and out[-1][0] == op.sql and out[-1][2] is None:
+        if op.expect_rows is None and out and out[-1][0] == op.sql and out[-1][2] is None:
             out[-1][1].append(op.params)
         else:
             out.append((op.sql, [op.params], op.expect_rows))
-    if counters:
-        out.append((UPSERT_COUNTER, list(counters.values()), None))
     return out
 
 
