@@ -1,11 +1,12 @@
 """Job and config-version IDs: ``PREFIX-YYYYMMDD-NNNNN`` from a persistent daily counter.
 
 The daemon is the only writer, so allocation is an in-memory increment; the counter row is
-written in the same transaction as the rows that use it. Two things can still make a
-stored counter lag behind IDs already used: a lost or recreated database, and a wall
-clock stepped back. So the counter is raised on start to the highest ID found on disk
-(``floor_from_files``), and its day never goes backwards: after a clock step back, IDs
-keep the later day until the clock catches up. Together, an ID names one file forever."""
+written in the same transaction as the rows that use it (job IDs need none: the jobs table
+holds them, see ``Store.counters``). Two things can still make a stored counter lag behind
+IDs already used: a lost or recreated database, and a wall clock stepped back. So the
+counter is raised on start to the highest ID found on disk (``floor_from_files``), and its
+day never goes backwards: after a clock step back, IDs keep the later day until the clock
+catches up. Together, an ID names one file forever."""
 from __future__ import annotations
 
 import os

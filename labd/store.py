@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Sequence
 
 import aiosqlite
 
+from .ids import later
 from .migrations import migrate
 from .models import Job, utcnow
 
@@ -131,6 +132,24 @@ def describe(exc: sqlite3.Error, path: Path) -> str:
     return f"database write failed: {exc}"
 
 
+def _statements(ops: Sequence[Op]) -> list[tuple[str, list[Sequence[Any]], int | None]]:
+    """The ops of one transaction as (sql, params list, expect_rows) statements:
+    consecutive unconditional ops with the same SQL run as one executemany (a group of N
+    submits: one statement)."""
+    out: list[tuple[str, list[Sequence[Any]], int | None]] = []
+    for op in ops:
+        if op.expect_rows is None and out and out[-1][0] == op.sql and out[-1][2] is None:
+            out[-1][1].append(op.params)
+        else:
+            out.append((op.sql, [op.params], op.expect_rows))
+    return out
+
+
+# The writer's transactions: sqlite3 opens them itself (BEGIN IMMEDIATE before the first
+# write of a group), one round trip to the database thread less than an explicit BEGIN.
+ISOLATION = "IMMEDIATE"
+
+
 class _Request(NamedTuple):
     ops: Sequence[Op]
     fut: asyncio.Future
@@ -151,9 +170,10 @@ class Store:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # sqlite3 opens the write transaction itself (BEGIN IMMEDIATE before the first
-        # write of a group): one thread hop per group less than an explicit BEGIN.
-        self._w = await aiosqlite.connect(self.path, isolation_level="IMMEDIATE")
+        # check_same_thread off: _transaction sets isolation_level from the loop thread,
+        # between two round trips, when the database thread has nothing of this connection
+        self._w = await aiosqlite.connect(self.path, isolation_level=ISOLATION,
+                                          check_same_thread=False)
         try:
             for pragma in ("journal_mode=WAL", f"synchronous={self.synchronous}",
                            "foreign_keys=ON", "busy_timeout=5000"):
@@ -235,26 +255,32 @@ class Store:
                                                          "SQLITE_CORRUPT", "SQLITE_NOTADB"))
 
     async def _transaction(self, ops: Sequence[Op]) -> None:
-        """All ops in one transaction (begun implicitly by the first write); consecutive
-        unconditional ops with the same SQL go through one executemany."""
+        """All ops in one transaction (begun implicitly by the first write), as few
+        statements as they allow (``_statements``): each is a round trip to the database
+        thread, and the commit one more. Except for one unconditional statement of one
+        row (an idle submit's INSERT): SQLite makes that atomic by itself, so it runs in
+        autocommit mode and its durable commit is part of the same round trip."""
         w = self._w
         assert w is not None
+        statements = _statements(ops)
+        if len(statements) == 1 and statements[0][2] is None and len(statements[0][1]) == 1 \
+                and not w.in_transaction:   # (else setting autocommit would commit that)
+            sql, [params], _ = statements[0]
+            w.isolation_level = None
+            try:
+                await w.execute(sql, params)
+            finally:
+                w.isolation_level = ISOLATION
+            return
         try:
-            i = 0
-            while i < len(ops):
-                op = ops[i]
-                if op.expect_rows is not None:
-                    cur = await w.execute(op.sql, op.params)
-                    if cur.rowcount != op.expect_rows:
-                        raise PreconditionFailed(f"{op.sql.split()[0].lower()} changed "
-                                                 f"{cur.rowcount} rows, not {op.expect_rows}")
-                    i += 1
+            for sql, params, expect_rows in statements:
+                if expect_rows is None:
+                    await w.executemany(sql, params)
                     continue
-                j = i
-                while j < len(ops) and ops[j].sql == op.sql and ops[j].expect_rows is None:
-                    j += 1
-                await w.executemany(op.sql, [o.params for o in ops[i:j]])
-                i = j
+                cur = await w.execute(sql, params[0])
+                if cur.rowcount != expect_rows:
+                    raise PreconditionFailed(f"{sql.split()[0].lower()} changed "
+                                             f"{cur.rowcount} rows, not {expect_rows}")
             await w.commit()
         except BaseException:
             if w.in_transaction:  # a failed COMMIT may already have rolled back
@@ -303,8 +329,17 @@ class Store:
         return row["status"] if row else None
 
     async def counters(self) -> dict[str, tuple[str, int]]:
+        """Each ID prefix's (day, last number used). A submit writes no counter row (one
+        statement, so one round trip, less): the jobs table holds every job ID stored,
+        and the newest job's, the highest (IDs are stored in the order they are handed
+        out), raises the JOB counter."""
         rows = await self.fetchall("SELECT prefix, day, last FROM counters")
-        return {r["prefix"]: (r["day"], r["last"]) for r in rows}
+        out = {r["prefix"]: (r["day"], r["last"]) for r in rows}
+        newest = await self.fetchone("SELECT job_id FROM jobs ORDER BY seq DESC LIMIT 1")
+        if newest is not None:
+            _, day, last = newest["job_id"].split("-")
+            out["JOB"] = later(out.get("JOB", (None, 0)), (day, int(last)))
+        return out
 
     async def pending_rows(self) -> list[aiosqlite.Row]:
         """Pending jobs in submit order: the queue is rebuilt from these on start."""
@@ -342,8 +377,9 @@ class Store:
 
     # ---- job writes (ops, so callers can share a commit) ----------------------------
     @staticmethod
-    def insert_jobs(jobs: list[dict[str, Any]], counter_row: tuple) -> list[Op]:
-        return [*(Op(INSERT_JOB, job_row(j)) for j in jobs), Store.counter(counter_row)]
+    def insert_jobs(jobs: list[dict[str, Any]]) -> list[Op]:
+        """New jobs (their IDs need no counter row: see ``counters``)."""
+        return [Op(INSERT_JOB, job_row(j)) for j in jobs]
 
     @staticmethod
     def claim(job_id: str, started_at: str, versions: dict[str, str], log_path: str) -> Op:

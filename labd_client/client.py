@@ -19,6 +19,7 @@ from .protocol import (LOST, WAIT_FOREVER_S, ConnectionFailed, Conversation, Lab
                        backoff, clean, is_event, result_of)
 from .results import JobResult
 
+RECV_BYTES = 1 << 18
 
 
 class Client:
@@ -28,6 +29,8 @@ class Client:
         self.socket_path = self._candidates[0]
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._sock_timeout: float | None = None  # what the socket is set to: set on change
+        self._inbox = bytearray(RECV_BYTES)    # recv_into this: no new buffer per read
         self._conv = Conversation()
         self._events: deque[dict[str, Any]] = deque()
         self._subscription: dict[str, Any] | None = None
@@ -47,6 +50,7 @@ class Client:
                 tried.append(connect_failure(path, exc))
                 continue
             self._sock, self.socket_path, self._conv = s, path, Conversation()
+            self._sock_timeout = None
             break
         else:
             raise ConnectionFailed(not_running(tried))
@@ -89,17 +93,19 @@ class Client:
         limit = self.timeout if timeout is None else timeout
         response = None
         try:
-            self._sock.settimeout(limit)
+            if limit != self._sock_timeout:
+                self._sock.settimeout(limit)
+                self._sock_timeout = limit
             req_id = None
             if method is not None:
                 req_id, data = self._conv.request(method, params or {})
                 self._sock.sendall(data)
             got_event = False
             while response is None and not (method is None and got_event):
-                chunk = self._sock.recv(1 << 20)
-                if not chunk:
+                n = self._sock.recv_into(self._inbox)
+                if not n:
                     raise ConnectionFailed(LOST)
-                for msg in self._conv.feed(chunk):
+                for msg in self._conv.feed(memoryview(self._inbox)[:n]):
                     if is_event(msg):
                         deliver(msg.get("params") or {})
                         got_event = True

@@ -179,18 +179,23 @@ class Conversation:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._buf = bytearray()
+        self._scanned = 0   # bytes of _buf known to hold no newline
 
     def request(self, method: str, params: dict[str, Any]) -> tuple[int, bytes]:
         req_id = next(self._ids)
         return req_id, frame(jsonrpcclient.request(method, params=params, id=req_id))
 
-    def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
-        """The complete messages in what has arrived so far."""
+    def feed(self, data: bytes | memoryview) -> Iterator[dict[str, Any]]:
+        """The complete messages in what has arrived so far (each byte is searched for
+        the newline once, so a reply of many reads costs linear time)."""
         self._buf += data
-        while (end := self._buf.find(b"\n")) >= 0:
-            line, self._buf = bytes(self._buf[:end]), self._buf[end + 1:]
+        while (end := self._buf.find(b"\n", self._scanned)) >= 0:
+            line = self._buf[:end]
+            del self._buf[:end + 1]
+            self._scanned = 0
             if line.strip():
                 yield parse_frame(line)
+        self._scanned = len(self._buf)
 
 
 def is_event(msg: dict[str, Any]) -> bool:

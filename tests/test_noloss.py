@@ -22,6 +22,7 @@ from labd_client.protocol import InvalidParams, Unavailable
 from labd.ids import DailyCounter
 from labd.settings import Settings
 from labd.store import Store
+from sched_harness import ROOT, Harness
 
 HW = "hardware_config"
 
@@ -95,6 +96,16 @@ def test_a_data_file_is_never_replaced(tmp_path):
 
 
 # ---- 2. the wall clock stepping back --------------------------------------------------
+
+async def test_stored_job_ids_are_never_handed_out_again(tmp_path):
+    """A submit writes no counter row: the jobs table keeps its IDs from being reused after
+    a restart, also for jobs that left no file on disk (pending when labd stopped)."""
+    async with Harness(tmp_path) as h:
+        await h.sched.set_paused(ROOT, True)
+        before = {await h.submit() for _ in range(3)}
+    async with Harness(tmp_path) as h:
+        assert await h.submit() not in before
+
 
 def test_job_counter_day_never_goes_back(monkeypatch):
     days = iter(["20261125", "20261124", "20261126"])

@@ -11,6 +11,7 @@ import pytest
 
 from labd_client.protocol import Conflict
 from labd.scheduler.states import EndReason, RunPhase
+from labd.store import PreconditionFailed
 from sched_harness import ALICE, ROOT, Harness, wait_for_condition
 
 
@@ -130,6 +131,18 @@ async def test_a_failing_caller_does_not_fail_the_others_in_its_group(tmp_path):
         assert await h.store.get_state("b") == "1" and await h.store.get_state("c") == "1"
         assert await h.store.get_state("a") == "1"
         assert h.store.commits > commits
+
+
+async def test_a_group_after_a_lone_autocommitted_write_is_one_transaction(tmp_path):
+    """A lone unconditional statement commits in its own round trip (autocommit mode); the
+    next group is one transaction again: its failed compare-and-set undoes its insert."""
+    async with Harness(tmp_path) as h:
+        await h.store.write(("INSERT INTO daemon_state(key, value) VALUES ('a', '1')",))
+        with pytest.raises(PreconditionFailed):
+            await h.store.write(("INSERT INTO daemon_state(key, value) VALUES ('b', '1')",),
+                                ("UPDATE daemon_state SET value = '2' WHERE key = 'x'", (), 1))
+        assert await h.store.get_state("a") == "1"
+        assert await h.store.get_state("b") is None
 
 
 async def until(cond, timeout: float = 10.0) -> None:
