@@ -14,8 +14,11 @@ def _lm(f: Callable, x: np.ndarray, y: np.ndarray, p0: list[float],
     (popt, pcov), or None if it did not converge or gave no covariance."""
     if len(y) <= len(p0):
         return None
-    popt, cov, info, _, ier = leastsq(lambda p: f(x, *p) - y, p0, full_output=True,
-                                      maxfev=maxfev)
+    # an unbounded step may overflow (say, a negative decay time): no warning in the job's
+    # log for it, the result is checked against the bounds below
+    with np.errstate(over="ignore", invalid="ignore"):
+        popt, cov, info, _, ier = leastsq(lambda p: f(x, *p) - y, p0, full_output=True,
+                                          maxfev=maxfev)
     if ier not in (1, 2, 3, 4) or cov is None or np.isnan(cov).any():
         return None
     return popt, cov * (np.sum(info["fvec"] ** 2) / (len(y) - len(p0)))
