@@ -8,8 +8,10 @@ job is in SQLite; the scheduler's ``active`` dict finds a record by its ID)."""
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from sortedcontainers import SortedList
 
@@ -17,33 +19,89 @@ _untrack = ctypes.pythonapi.PyObject_GC_UnTrack
 _untrack.argtypes = [ctypes.py_object]
 _untrack.restype = None
 
+T = TypeVar("T")
 
-@dataclass(slots=True, eq=False)   # identity: records are compared by run order only
-class PendingJob:
-    """An active (not yet final) job as the scheduler tracks it. Every field is an atomic
-    value (str, int, float, bool, None), so a record can never be part of a reference
-    cycle: ``untrack`` takes it out of the cyclic GC's sight, and a million pending jobs
-    cost a full collection nothing (reference counting still frees them)."""
-    job_id: str
+
+@lru_cache(maxsize=4096)
+def shared(value: T) -> T:
+    """The one instance of an immutable value (among the latest 4096 distinct ones): a
+    million pending jobs hold a handful of distinct origins and extras."""
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who submitted a job and what it runs: the same for every job of a batch and for a
+    user's repeated submits of an experiment, so records share one (``shared``)."""
     user: str
     os_user: str
     os_uid: int
     experiment_class: str
     experiment_module: str
-    priority: int
-    created_at: str
     batch_id: str | None
-    order: int = -1                  # submit order: FIFO within a priority
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """The fields almost every job leaves at their defaults, out of the record: it holds
+    the shared default instance until one is set (then a shared copy that has it)."""
     held: bool = False
     after: str | None = None         # job that must complete first
     not_before: float | None = None  # epoch seconds
-    phase: str = "waiting"           # a scheduler.states.RunPhase
     attempts: int = 0                # times handed to the executor and taken back
     preemptible: bool = True         # the submit did not opt out (issue #16)
     preemptions: int = 0             # times preempted so far
     preempted_by: str | None = None  # the latest preemption: by whom, since when
     preempted_at: str | None = None
     resume: bool = False             # preempted: resumes from its checkpoint
+
+
+NO_EXTRAS = shared(Extras())
+
+
+def _from_origin(name: str) -> property:
+    return property(attrgetter(f"origin.{name}"))
+
+
+def _from_extras(name: str) -> property:
+    def set_(job: "PendingJob", value: Any) -> None:
+        if getattr(job.extras, name) != value:
+            job.extras = shared(replace(job.extras, **{name: value}))
+    return property(attrgetter(f"extras.{name}"), set_)
+
+
+@dataclass(slots=True, eq=False)   # identity: records are compared by run order only
+class PendingJob:
+    """An active (not yet final) job as the scheduler tracks it: six slots, since a
+    million pending jobs must fit in a few hundred MB. Who submitted it and what it runs
+    (``origin``) and its rarely set fields (``extras``) are immutable values shared among
+    jobs; its submit time is read from the database where it is shown. Every field is an
+    atomic value or such a value object (holding only atomic values), so a record can
+    never be part of a reference cycle: ``untrack`` takes it out of the cyclic GC's
+    sight, and a million pending jobs cost a full collection nothing (reference counting
+    still frees them)."""
+    job_id: str
+    origin: Origin
+    priority: int
+    order: int = -1                  # submit order: FIFO within a priority
+    phase: str = "waiting"           # a scheduler.states.RunPhase
+    extras: Extras = NO_EXTRAS
+
+    user = _from_origin("user")
+    os_user = _from_origin("os_user")
+    os_uid = _from_origin("os_uid")
+    experiment_class = _from_origin("experiment_class")
+    experiment_module = _from_origin("experiment_module")
+    batch_id = _from_origin("batch_id")
+    held = _from_extras("held")
+    after = _from_extras("after")
+    not_before = _from_extras("not_before")
+    attempts = _from_extras("attempts")
+    preemptible = _from_extras("preemptible")
+    preemptions = _from_extras("preemptions")
+    preempted_by = _from_extras("preempted_by")
+    preempted_at = _from_extras("preempted_at")
+    resume = _from_extras("resume")
 
     def shown_phase(self) -> str:
         """The phase people see: a preempted job stays "preempted" while it is prepared to
@@ -58,18 +116,20 @@ class PendingJob:
             return self.order < other.order
         return self.job_id < other.job_id
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, created_at: str | None = None) -> dict[str, Any]:
+        """Its fields for people; its submit time is the caller's (from the database)."""
         return {"job_id": self.job_id, "user": self.user, "os_user": self.os_user,
                 "os_uid": self.os_uid, "experiment_class": self.experiment_class,
                 "experiment_module": self.experiment_module, "priority": self.priority,
-                "created_at": self.created_at, "batch_id": self.batch_id,
+                "created_at": created_at, "batch_id": self.batch_id,
                 "phase": self.shown_phase(), **({
                     "preemptions": self.preemptions, "preempted_by": self.preempted_by,
                     "preempted_at": self.preempted_at} if self.preemptions else {})}
 
 
 def untrack(record: PendingJob) -> PendingJob:
-    """Remove a record from the cyclic GC (safe: it only holds atomic values)."""
+    """Remove a record from the cyclic GC (safe: it holds no container it could be in a
+    cycle through)."""
     _untrack(record)
     return record
 

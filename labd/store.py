@@ -363,13 +363,13 @@ class Store:
             user=user, os_user=os_user, status=status, experiment=experiment, since=since,
             batch_id=batch_id, before_seq=before_seq, limit=limit))
 
-    async def hold_reasons(self, job_ids: list[str]) -> dict[str, str]:
-        """Why labd itself held these jobs (the ones it did), in one query."""
+    async def waiting_details(self, job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+        """Submit time and the reason labd itself held it (if it did) of these jobs, in
+        one query."""
         rows = await self.fetchall(
-            "SELECT job_id, hold_reason FROM jobs WHERE job_id IN "
-            "(SELECT value FROM json_each(?)) AND hold_reason IS NOT NULL",
-            (json.dumps(job_ids),))
-        return {r["job_id"]: r["hold_reason"] for r in rows}
+            "SELECT job_id, created_at, hold_reason FROM jobs WHERE job_id IN "
+            "(SELECT value FROM json_each(?))", (json.dumps(job_ids),))
+        return {r["job_id"]: (r["created_at"], r["hold_reason"]) for r in rows}
 
     async def get_state(self, key: str) -> str | None:
         row = await self.fetchone("SELECT value FROM daemon_state WHERE key = ?", (key,))

@@ -2,6 +2,7 @@
 whatever cyclic garbage-to-be was alive at that moment (a running job's data) forever."""
 from __future__ import annotations
 
+import sys
 import time
 
 from labd_client import Client
@@ -34,3 +35,39 @@ def test_rss_returns_after_batches_are_drained(make_daemon):
             levels.append(rss_mb(d.proc.pid))
         assert c.health()["pending"] == 0
     assert levels[-1] <= 1.10 * levels[2], levels
+
+
+def test_pending_records_are_small_and_share_what_they_can():
+    """#14: RSS <= 400 MB at 1M pending. A record is six slots (80 bytes); who submitted
+    it, what it runs and its rarely set fields are values shared among jobs."""
+    from labd.scheduler.core import Scheduler
+
+    def row(i: int, held: int = 0) -> dict:
+        return {"job_id": f"JOB-20260101-{i:05d}", "user": "ann", "os_user": "ann",
+                "os_uid": 1000, "experiment_class": "T1Experiment",
+                "experiment_module": "experiments.single_qubit.t1", "priority": 0,
+                "created_at": "2026-01-01T00:00:00.000000+00:00", "batch_id": "BATCH-1",
+                "held": held, "after_job": None, "not_before": None, "preemptible": None}
+    records = [Scheduler._record(None, row(i, held=i % 2)) for i in range(100)]
+    assert sys.getsizeof(records[0]) <= 80
+    assert len({id(pj.origin) for pj in records}) == 1
+    assert len({id(pj.extras) for pj in records}) == 2         # held or not
+    records[0].attempts += 1                                  # copy on write
+    assert records[0].attempts == 1 and records[2].attempts == 0
+    assert not hasattr(records[0], "__dict__")
+
+
+def test_submit_times_are_shown_though_not_kept_in_memory(make_daemon):
+    """The queue listing reads waiting and running jobs' submit times from the database."""
+    d = make_daemon()
+    with Client(d.socket) as c:
+        hog = c.submit(*HOG, {"size_mb": 1})
+        held = c.submit(*NOOP.values(), hold=True)
+        deadline = time.monotonic() + 30
+        while c.get(hog).status != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        q = c.call("queue")
+        assert q["running"]["created_at"] == c.get(hog).created_at
+        assert [w["created_at"] for w in q["waiting"]] == [c.get(held).created_at]
+        c.cancel(hog)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labd.pending_queue import PendingJob, PendingQueue
+from labd.pending_queue import Origin, PendingJob, PendingQueue
+
+ORIGIN = Origin(user="u", os_user="u", os_uid=1, experiment_class="C", experiment_module="m",
+                batch_id=None)
 
 
 def job(i: int, prio: int) -> PendingJob:
-    return PendingJob(job_id=f"J{i}", user="u", os_user="u", os_uid=1, experiment_class="C",
-                      experiment_module="m", priority=prio, created_at="", batch_id=None)
+    return PendingJob(job_id=f"J{i}", origin=ORIGIN, priority=prio)
 
 
 ops = st.lists(st.one_of(

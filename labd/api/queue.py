@@ -24,16 +24,17 @@ TOPICS = ("job", "progress", "log", "queue")
 log = logging.getLogger(__name__)
 
 
-async def hold_reasons(call: Call, job_ids: list[str]) -> dict[str, str]:
-    """Why these held jobs are held, where labd held them itself (#13: a calibration they
-    needed did not refresh its keys): one query for all (the reason lives in the DB only).
-    A read error leaves the reasons out rather than failing the listing."""
+async def waiting_details(call: Call,
+                          job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """Submit time and, where labd held the job itself (#13: a calibration it needed did
+    not refresh its keys), why, of these waiting jobs: one query for all (both live in
+    the DB only). A read error leaves them out rather than failing the listing."""
     if not job_ids:
         return {}
     try:
-        return await call.app.store.hold_reasons(job_ids)
+        return await call.app.store.waiting_details(job_ids)
     except sqlite3.Error as exc:
-        log.warning("queue: hold reasons not read: %s", exc)
+        log.warning("queue: details of waiting jobs not read: %s", exc)
         return {}
 
 
@@ -70,11 +71,11 @@ async def queue(call: Call, p: QueueParams) -> dict[str, Any]:
                    (pj for pj in sched.waiting.jobs.values()
                     if (p.user is None or pj.user == p.user) and
                     (p.os_user is None or pj.os_user == p.os_user)), p.limit)]
-    reasons = await hold_reasons(call, [w["job_id"] for w in waiting
-                                        if w["waiting_for"] == "held"])
+    details = await waiting_details(call, [w["job_id"] for w in waiting])
     for w in waiting:
-        if w["job_id"] in reasons:
-            w["hold_reason"] = reasons[w["job_id"]]
+        w["created_at"], hold_reason = details.get(w["job_id"], (None, None))
+        if hold_reason is not None and w["waiting_for"] == "held":
+            w["hold_reason"] = hold_reason
     return {"running": sched.running.summary() if sched.running else None,
             "columns": QUEUE_COLUMNS, "pending": rows,
             "total_pending": sched.runnable_count,

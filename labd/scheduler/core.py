@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Callable, Iterable
@@ -21,7 +20,7 @@ from ..identity import Peer
 from .. import ids
 from ..ids import DailyCounter
 from ..models import Job, JobStatus, utcnow
-from ..pending_queue import PendingJob, PendingQueue, untrack
+from ..pending_queue import Extras, Origin, PendingJob, PendingQueue, shared, untrack
 from ..settings import Settings
 from ..store import PreconditionFailed, Store, StoreError
 from . import policy
@@ -34,10 +33,6 @@ log = logging.getLogger(__name__)
 
 PENDING_PHASES = (RunPhase.WAITING, RunPhase.QUEUED, RunPhase.PREEMPTED)
 HEAD_ORDER = -(1 << 40)   # a preempted job's order: ahead of every submit of its priority
-
-
-def _intern(value: str | None) -> str | None:
-    return None if value is None else sys.intern(value)
 
 
 RECENT_FINAL = 10_000   # statuses of jobs that just ended, for `after` decisions
@@ -136,23 +131,23 @@ class Scheduler:
     # ---- records and their places -----------------------------------------------------
     def _record(self, r: Any) -> PendingJob:
         """The in-memory record of a stored pending job, from a row or a new job's dict.
-        Its strings are interned: a million jobs share a handful of users, classes and
-        batch IDs (~200 MB at 1M pending otherwise)."""
+        Its origin and extras are shared with the other jobs that have the same (a
+        million jobs hold a handful of users, experiments and batches)."""
         nb = r["not_before"]
         keys = r.keys()
         return PendingJob(
-            job_id=r["job_id"], user=_intern(r["user"]), os_user=_intern(r["os_user"]),
-            os_uid=r["os_uid"], experiment_class=_intern(r["experiment_class"]),
-            experiment_module=_intern(r["experiment_module"]), priority=r["priority"],
-            created_at=_intern(r["created_at"]), batch_id=_intern(r["batch_id"]),
-            held=bool(r["held"]), after=r["after_job"],
-            not_before=datetime.fromisoformat(nb).timestamp() if nb else None,
-            # (#16)
-            preemptible=bool(r["preemptible"]) if "preemptible" in keys and
-            r["preemptible"] is not None else True,
-            **({k: r[k] for k in ("preemptions", "preempted_by", "preempted_at")}
-               if "preemptions" in keys else {}),
-            resume=bool(r["resume"]) if "resume" in keys else False)
+            job_id=r["job_id"], priority=r["priority"],
+            origin=shared(Origin(r["user"], r["os_user"], r["os_uid"], r["experiment_class"],
+                                 r["experiment_module"], r["batch_id"])),
+            extras=shared(Extras(
+                held=bool(r["held"]), after=r["after_job"],
+                not_before=datetime.fromisoformat(nb).timestamp() if nb else None,
+                # (#16)
+                preemptible=bool(r["preemptible"]) if "preemptible" in keys and
+                r["preemptible"] is not None else True,
+                **({k: r[k] for k in ("preemptions", "preempted_by", "preempted_at")}
+                   if "preemptions" in keys else {}),
+                resume=bool(r["resume"]) if "resume" in keys else False)))
 
     def _enter(self, pj: PendingJob) -> None:
         pj.order = self._next_order

@@ -81,9 +81,11 @@ class Running:
     versions: dict[str, str] = field(default_factory=dict)   # config versions it runs with
     pinned: frozenset[str] = frozenset()                     # types the submit pinned
     revoked: bool = False     # taken back before its start: pending again
+    created_at: str = ""      # its submit time, as stored
 
     def summary(self) -> dict[str, Any]:
-        return {**self.job.summary(), "status": "running", "started_at": self.started_at,
+        return {**self.job.summary(self.created_at), "status": "running",
+                "started_at": self.started_at,
                 "progress": self.progress, "stop_reason": self.ctx.stop_reason,
                 # (#16) asked to yield the board to this job (or admin) at a safe point
                 "preempting_for": self.ctx.preempt_by,
@@ -425,6 +427,7 @@ class Dispatcher:
             pins = json.loads(row["resume_versions"])
         cfg_rows = await s.configs.resolve(pins)
         out_dir = s.settings.output_root / pj.job_id.split("-")[1]
+        run.created_at = row["created_at"]
         run.versions = {name: r["version_id"] for name, r in cfg_rows.items()}
         run.time_limit_s = min(row["time_limit_s"] or s.settings.job_time_limit_s,
                                s.settings.job_time_limit_max_s)
@@ -432,7 +435,7 @@ class Dispatcher:
             job_id=pj.job_id, user=pj.user, os_user=pj.os_user,
             experiment_module=pj.experiment_module, experiment_class=pj.experiment_class,
             experiment_config=json.loads(row["experiment_config"]), priority=pj.priority,
-            created_at=pj.created_at, started_at="", batch_id=pj.batch_id,
+            created_at=run.created_at, started_at="", batch_id=pj.batch_id,
             data_path=out_dir / f"{pj.job_id}.h5", log_path=out_dir / f"{pj.job_id}.log",
             configs=cfg_rows, output_root=s.settings.output_root,
             resume_log=pj.attempts > 0 or pj.resume, preemptions=row["preemptions"])
