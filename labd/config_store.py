@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import difflib
+import functools
 import hashlib
 import io
 from contextlib import nullcontext
@@ -179,6 +180,24 @@ class ConfigStore:
             problem = "snapshot file does not match its stored SHA256 (modified or truncated)"
         raise SnapshotDamaged(f"{vid}: {problem}; push the same content again to repair it"
                               f" (labctl config push {row['type']} FILE)")
+
+    def content(self, row: Any) -> str:
+        """A version's verified content for a job being prepared: read and checked again
+        only when its file's identity (inode, size, mtime) changed, so a damaged snapshot
+        is still refused, for one stat per config type per job instead of a read and a
+        hash (each system call gives up the GIL while the board waits for the job)."""
+        try:
+            st = self._path(row).stat()
+        except OSError:
+            return self.read_verified(row)   # says what is wrong with it
+        return self._content(row["version_id"], row["sha256"], row["filename"], row["type"],
+                             (st.st_ino, st.st_size, st.st_mtime_ns))
+
+    @functools.lru_cache(maxsize=32)
+    def _content(self, version_id: str, sha256: str, filename: str, type_name: str,
+                 _identity: tuple[int, int, int]) -> str:
+        return self.read_verified({"version_id": version_id, "sha256": sha256,
+                                   "filename": filename, "type": type_name})
 
     def _repair_if_damaged(self, row: Any, data: bytes) -> bool:
         """Rewrite a damaged snapshot from content known to match its hash (in a thread)."""

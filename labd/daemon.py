@@ -61,7 +61,7 @@ class Daemon:
         self.router.install()
         self.board = make_board(s)
         self.executor = Executor(self.loader, self.board, Setpoint(s.setpoint),
-                                 self.configs.read_verified, s.max_log_bytes, self.router,
+                                 self.configs.content, s.max_log_bytes, self.router,
                                  s.fit_backlog_bytes)
         self.scheduler = Scheduler(s, self.store, self.configs, self.executor, self.events)
         interrupted = await self.scheduler.start(counters)

@@ -27,7 +27,6 @@ class JobLog:
                  defer: Callable[[Callable[[], None]], None] | None = None) -> None:
         """``resume``: the job's own earlier attempt may have left its log (it was taken
         back before the board started it, or labd died just after the start): add to it."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
         self.size = 0
@@ -38,7 +37,11 @@ class JobLog:
         self._flushing = threading.Lock()  # one flush at a time: lines stay in order
         self._buffered: list[bytes] = []
         try:  # a new file: a job ID reused after a lost database must not add to another's log
-            self._fh = open(path, "xb", buffering=0)
+            try:
+                self._fh = open(path, "xb", buffering=0)
+            except FileNotFoundError:  # the day's first job: no mkdir for every job
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(path, "xb", buffering=0)
         except FileExistsError:
             if resume:
                 self._fh = open(path, "ab", buffering=0)

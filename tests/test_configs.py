@@ -107,6 +107,9 @@ def test_pins_inline_configs_and_rerun(client):
 def test_verify_detects_tampering_and_jobs_refuse_it(make_daemon):
     d = make_daemon()
     with Client(d.socket) as c:
+        # (#14) a job read and checked it already: the next one checks it again all the
+        # same (jobs cache verified content by the file's identity, which tampering changes)
+        assert c.wait(c.submit(*NOOP), timeout=30).status == "completed"
         assert c.config_verify()["ok"]
         main = c.config_pull("floquet_storage_swap")["version_id"]
         snap = d.state_dir / "configs" / f"{main}.csv"
