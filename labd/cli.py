@@ -60,6 +60,8 @@ def _run(args: argparse.Namespace, listener: logging.handlers.QueueListener) -> 
     except StartupError as exc:
         print(f"labd: cannot start: {exc}", file=sys.stderr)
         return exc.exit_code
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(settings.fit_threads)   # numpy is not loaded yet
     from .daemon import Daemon
     try:
         asyncio.run(Daemon(settings).run())

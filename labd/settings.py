@@ -140,6 +140,9 @@ class Settings(BaseModel):
     # raw data kept in memory for fits that lag the board; past it a fit reads its job's
     # data back from the saved file (issue #14: the board never waits for a fit)
     fit_backlog_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # threads a fit's linear algebra may use (OpenBLAS / OpenMP, set before numpy loads):
+    # one leaves the other cores to the board thread, which must not wait for a fit
+    fit_threads: int = Field(1, ge=1)
     max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
     max_connections: int = Field(4096, ge=8)
     schedule_min_every_s: float = Field(60.0, gt=0)   # shortest period of a schedule

@@ -2,6 +2,7 @@
 previous job's data are saved and fitted meanwhile, durably before it is `completed`."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -82,6 +83,19 @@ def test_fits_far_behind_read_their_data_back_from_the_file(make_daemon):
             assert job.is_successful() and job.error_message is None, job.error_message
             results.append(job.results)
     assert results[0] == results[1] and results[0]["T1"] > 0
+
+
+def test_fit_threads_bounds_the_fits_linear_algebra_threads(make_daemon):
+    """A fit's BLAS threads would take the cores the board thread needs: labd sets their
+    number (fit_threads) before numpy loads; each one more is one more OS thread."""
+    threads = {}
+    for n in (1, 3):
+        d = make_daemon(fit_threads=n)
+        with Client(d.socket) as c:
+            assert c.wait(c.submit("T1Experiment", "experiments.single_qubit.t1",
+                                   {"expts": 20, "reps": 10}), timeout=60).is_successful()
+        threads[n] = len(os.listdir(f"/proc/{d.proc.pid}/task"))
+    assert threads[3] - threads[1] == 2
 
 
 def test_kill_during_analysis_keeps_raw_data_and_says_so(make_daemon, tmp_path):
