@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     records: queue.SimpleQueue = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, stream)
-    logging.basicConfig(level=args.log_level.upper(), handlers=[_QueueHandler(records)])
+    queued = _QueueHandler(records)
+    queued.setFormatter(logging.Formatter("%(message)s"))  # the listener's adds the rest
+    logging.basicConfig(level=args.log_level.upper(), handlers=[queued])
     listener.start()
     try:
         return _run(args, listener)

@@ -151,3 +151,18 @@ def test_a_failure_after_the_checks_still_exits_promptly(fresh):
     assert proc.returncode == sc.EXIT_FAILED
     assert one_line(proc).startswith("labd: stopped:")
     d.close()
+
+
+def test_the_daemon_log_has_one_prefix_per_line(make_daemon):
+    """The journal gets "<time> LEVEL logger: message", written by the log listener
+    thread (#14): the message is not formatted twice on its way through the queue."""
+    import re
+    from labd_client import Client
+    d = make_daemon()
+    with Client(d.socket) as c:
+        c.wait(c.submit("NoOpExperiment", "experiments.diagnostics.noop"), timeout=30)
+    lines = [line for line in d.log().splitlines() if " labd" in line]
+    assert any(re.fullmatch(r"\d{4}-\d\d-\d\d [\d:,]+ INFO labd: labd \S+ ready on .*", line)
+               for line in lines), lines
+    assert any(" INFO labd.job: job JOB-" in line for line in lines), lines
+    assert not [line for line in lines if "INFO:labd" in line]
