@@ -278,14 +278,10 @@ FILTERS = {"user": "u3", "os_user": "root", "status": "failed",
 
 def fill_history(db_path: Path, n: int) -> None:
     """n finished jobs written straight into a new database (before its daemon starts)."""
-    from labd.migrations import BASELINE, STEPS
+    from labd.migrations import create
     from labd.store import INSERT_JOB, job_row
     db = sqlite3.connect(db_path)
-    db.executescript(BASELINE)
-    for step in STEPS:
-        for sql in step:
-            db.execute(sql)
-    db.execute(f"PRAGMA user_version = {len(STEPS)}")
+    create(db)
     classes = ["T1Experiment", "AmplitudeRabiExperiment", "T2RamseyExperiment", "NoOp"]
     statuses = ["completed", "failed", "cancelled"]
     rows = []

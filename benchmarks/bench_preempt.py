@@ -23,7 +23,7 @@ import shutil
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import h5py

@@ -4,6 +4,8 @@ forward inside one transaction, so a crash mid-upgrade leaves the old version in
 Never edit a step that has shipped: add one."""
 from __future__ import annotations
 
+import sqlite3
+
 import aiosqlite
 
 BASELINE = """
@@ -173,6 +175,15 @@ STEPS: list[list[str]] = [
     ],
 ]
 VERSION = len(STEPS)
+
+
+def create(db: sqlite3.Connection, version: int = VERSION) -> None:
+    """A new database at ``version``, without a daemon (benchmarks and tests fill one)."""
+    db.executescript(BASELINE)
+    for step in STEPS[:version]:
+        for sql in step:
+            db.execute(sql)
+    db.execute(f"PRAGMA user_version = {version}")
 
 
 async def migrate(conn: aiosqlite.Connection) -> int:

@@ -16,9 +16,7 @@ from jsonrpcserver import async_dispatch
 from jsonrpcserver.async_dispatcher import call
 from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.response import to_serializable
-from jsonrpcserver.result import MethodNotFoundResult
 from jsonrpcserver.sentinels import NOID
-from oslash.either import Left  # type: ignore[import-untyped]
 
 from labd_client.protocol import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, LimitExceeded
 from labd_client.protocol import frame
@@ -222,21 +220,20 @@ class RpcServer:
         Skipped are the Task that its gather makes per request and its check of the
         params against the method's signature, which cannot fail here (every method
         takes any params and validates them with pydantic): together 3/4 of its cost.
-        Batches and frames that are no valid request go through async_dispatch whole,
-        and so get its error replies."""
+        Batches, frames that are no valid request and unknown methods go through
+        async_dispatch whole, and so get its error replies."""
         try:
             req = validate_request(_deserialize(text))
         except Exception:
             req = None
-        if not isinstance(req, dict):
+        method = self.methods.get(req["method"]) if isinstance(req, dict) else None
+        if method is None:
             return await async_dispatch(text, methods=self.methods, context=ctx,
                                         deserializer=_deserialize,
                                         validator=validate_request,
                                         serializer=self._capped_frame)
         request = create_request(req)
-        method = self.methods.get(request.method)
-        result = (Left(MethodNotFoundResult(request.method)) if method is None
-                  else await call(request, ctx, method))
+        result = await call(request, ctx, method)
         if request.id is NOID:
             return None
         return self._capped_frame(to_serializable(to_response(request, result)))

@@ -4,7 +4,6 @@ control instead of sleeps."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from pathlib import Path
 from typing import Any, Callable
 

@@ -10,7 +10,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from labd.migrations import BASELINE, STEPS
+from labd.migrations import create
 from labd.store import INSERT_JOB, job_row
 from labd_client import Client
 
@@ -42,11 +42,7 @@ def non_monotonic_times(n: int, rng: random.Random) -> list[datetime]:
 def fill(db_path: Path, times: list[datetime], rng: random.Random) -> list[dict]:
     """Finished jobs straight into a new database (as labd would have stored them)."""
     db = sqlite3.connect(db_path)
-    db.executescript(BASELINE)
-    for step in STEPS:
-        for sql in step:
-            db.execute(sql)
-    db.execute(f"PRAGMA user_version = {len(STEPS)}")
+    create(db)
     jobs = []
     for i, t in enumerate(times):
         jobs.append({

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labd.migrations import BASELINE, STEPS, VERSION
+from labd.migrations import STEPS, VERSION, create
 from labd.store import Store, StoreError, row_to_job
 
 V0 = (Path(__file__).parent / "data" / "schema_v0.sql").read_text()
@@ -81,11 +81,7 @@ async def test_created_max_is_backfilled_as_the_running_max_of_created_at(tmp_pa
                "2026-01-01T10:30:00.000000+00:00"]
     db = tmp_path / "labd.sqlite3"
     with sqlite3.connect(db) as conn:
-        conn.executescript(BASELINE)
-        for step in STEPS[:before]:
-            for sql in step:
-                conn.execute(sql)
-        conn.execute(f"PRAGMA user_version = {before}")
+        create(conn, before)
         for i, at in enumerate(created):
             conn.execute(
                 "INSERT INTO jobs (job_id, status, user, os_user, os_uid, experiment_class,"

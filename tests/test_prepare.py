@@ -51,10 +51,10 @@ def upcoming(h: Harness) -> list[str]:
     return [run.job.job_id for run in h.sched.dispatcher.upcoming]
 
 
-async def test_two_jobs_are_prepared_ahead_and_keep_the_run_order(tmp_path):
-    """The board's next two jobs are prepared. A job that outranks only the second goes
-    between them; taking back the first (held) takes back the second too, so no prepared
-    job ever overtakes one before it in the run order."""
+async def test_jobs_prepared_ahead_keep_the_run_order(tmp_path):
+    """The board's next jobs are prepared (PREPARE_AHEAD). A job that outranks only the
+    second goes between them; taking back the first (held) takes back the ones after it
+    too, so no prepared job ever overtakes one before it in the run order."""
     async with Harness(tmp_path) as h:
         first = await h.submit(priority=5)
         assert await h.started() == first
@@ -63,7 +63,7 @@ async def test_two_jobs_are_prepared_ahead_and_keep_the_run_order(tmp_path):
         assert [h.sched.position(j) for j in (a, b)] == [1, 2]
         u = await h.submit(priority=3)                             # outranks b, not a
         assert h.sched.active[b].phase == RunPhase.QUEUED          # b taken back
-        await wait_for_condition(lambda: upcoming(h) == [a, u])
+        await wait_for_condition(lambda: upcoming(h) == [a, u, b])  # b again, after u
         assert h.sched.position(b) == 3
         await h.sched.set_held(ALICE, a, True)
         await wait_for_condition(lambda: upcoming(h) == [u, b])    # u again, after a

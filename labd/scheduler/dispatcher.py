@@ -59,9 +59,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_BY = "labd shutdown"   # (#16) who a job yields to at SIGTERM
-PREPARE_AHEAD = 2   # prepared jobs waiting for the board: while the board takes one, the
-                    # next is ready, and the one after is prepared with a whole
-                    # acquisition to spare (hops through a busy loop and GIL cost ms)
+PREPARE_AHEAD = 3   # prepared jobs waiting for the board: the one it takes next is ready,
+                    # and the ones after it have whole acquisitions to be prepared in (the
+                    # way there goes through the loop, the database and the prepare
+                    # thread, each a GIL hand-off behind busy saves and fits)
 MAX_ANALYZING = 4096   # jobs acquired, waiting for their save and fit (no open file each)
 MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 
