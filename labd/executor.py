@@ -368,16 +368,19 @@ class Executor:
             except BaseException:  # never let one side effect take the thread down
                 log.exception("executor: %r failed", fn)
 
-    def _log_start(self, jl: JobLog, spec: JobSpec, resumed: bool) -> None:
-        """The job's first line, in its log and the daemon's (a log call costs the board
-        thread more than the rest of its way to the next acquisition)."""
-        self.router.attach(jl)
-        try:
-            job_log.info("job %s: %s.%s by %s (%s)%s", spec.job_id, spec.experiment_module,
-                         spec.experiment_class, spec.user, spec.os_user,
-                         " resuming from its checkpoint" if resumed else "")
-        finally:
-            self.router.detach()
+    def _log_start(self, spec: JobSpec, ctx: JobContext, jl: JobLog) -> None:
+        """The job's first line. A logging call cost the board thread more than the rest
+        of its way to the next acquisition: the record is made here and written into the
+        job's log (buffered), and the daemon's log gets it from the helper thread."""
+        if not job_log.isEnabledFor(logging.INFO):
+            return
+        record = logging.LogRecord(
+            job_log.name, logging.INFO, __file__, 0, "job %s: %s.%s by %s (%s)%s",
+            (spec.job_id, spec.experiment_module, spec.experiment_class, spec.user,
+             spec.os_user, " resuming from its checkpoint" if ctx.safe and ctx.safe.resumed
+             else ""), None)
+        jl.write(self.router.line(record))
+        self.later(job_log.handle, record)   # no job log is routed on the helper thread
 
     def _unstarted(self, handle: Handle, prep: Prepared, outcome: Outcome | None) -> None:
         prep.log.close()
@@ -597,7 +600,7 @@ class Executor:
         exp, loaded = prep.exp, prep.loaded
         try:
             ctx.board_stage = True
-            self.later(self._log_start, prep.log, spec, bool(ctx.safe and ctx.safe.resumed))
+            self._log_start(spec, ctx, prep.log)
             if ctx.safe is not None:
                 ctx.safe.begin()
             setpoint = self.setpoint.apply(ctx.hardware_config, ctx)

@@ -123,6 +123,10 @@ class LogRouter:
     def detach(self) -> None:
         self._routes.pop(threading.get_ident(), None)
 
+    def line(self, record: logging.LogRecord) -> str:
+        """A record as a job log line."""
+        return self._handler.format(record) + "\n"
+
     def install(self) -> None:
         sys.stdout = _Tee(sys.stdout, self)
         sys.stderr = _Tee(sys.stderr, self)

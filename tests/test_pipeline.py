@@ -153,3 +153,22 @@ async def test_board_stats_while_the_board_thread_appends():
     finally:
         stop.set()
         t.join()
+
+
+def test_each_job_log_starts_with_its_header(make_daemon):
+    """The job's first log line names it, before anything the experiment logs on the board
+    (the board thread writes it itself; only the daemon log's copy is left to its helper
+    thread, with the time it was made)."""
+    d = make_daemon(mock_speed=0)
+    with Client(d.socket) as c:
+        batch = c.submit_batch([{"experiment_class": "T1Experiment",
+                                 "experiment_module": "experiments.single_qubit.t1",
+                                 "experiment_config": {"expts": 10, "reps": 1}}] * 10)
+        for job_id in batch["job_ids"]:
+            assert c.wait(job_id, timeout=60).is_successful()
+            lines = c.logs(job_id)["text"].splitlines()
+            assert f"INFO labd.job: job {job_id}: experiments.single_qubit.t1." \
+                   f"T1Experiment by " in lines[0], lines[:3]
+            assert "T1Experiment on qubit 0" in lines[1], lines[:3]
+    header = [line for line in d.log().splitlines() if "INFO labd.job: job JOB-" in line]
+    assert len(header) == 10
