@@ -3,6 +3,7 @@ per job, an edit to a shared module reaches the next job, and a cached lookup ru
 subprocess."""
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,28 @@ def test_dependents_are_reloaded_dependencies_first(tmp_path, monkeypatch):
     assert after.sha256 == before.sha256
     again = loader.load("labprov2.t1", "T1Experiment")
     assert again.cls is after.cls                            # nothing changed: no reload
+
+
+async def test_on_the_loop_one_scan_serves_an_iteration_and_the_next_sees_an_edit(
+        tmp_path, monkeypatch):
+    """(#14) Submits handled in one event-loop iteration share one package scan (all of
+    them arrived before it); a load in a later iteration scans again and sees an edit."""
+    pkg = copy_package(tmp_path, "labprov3")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loader = ExperimentLoader(["labprov3"])
+    scans = []
+    real_scan = PackageHasher.scan
+    monkeypatch.setattr(PackageHasher, "scan",
+                        lambda self: (scans.append(1), real_scan(self))[1])
+    loader.load("labprov3.t1", "T1Experiment")
+    scans.clear()
+    loader.load("labprov3.t1", "T1Experiment")
+    assert scans == []                                        # the same iteration
+    t1 = pkg / "t1.py"
+    t1.write_text(t1.read_text() + "\n\nclass T1Again(T1Experiment):\n    pass\n")
+    await asyncio.sleep(0)                                    # the next iteration
+    assert loader.load("labprov3.t1", "T1Again").cls.__name__ == "T1Again"
+    assert scans == [1]
 
 
 def test_package_hash_rereads_only_changed_files(tmp_path, monkeypatch):
