@@ -686,7 +686,11 @@ class Executor:
             # The board's next jobs are prepared first: a fit can wait, the board should not
             # (a Python-heavy fit would otherwise take the GIL from the prepare thread).
             self._prepare_idle.wait(PREPARE_FIRST_S)
-            acq.log.reopen()
+            try:
+                acq.log.reopen()
+            except OSError as exc:  # the fit runs all the same; only its log lines are lost
+                log.error("job log %s cannot be reopened for the fit: %s", acq.log.path,
+                          exc.strerror or exc)
             self._deliver(acq, self._in_job_log(acq, self._fit, acq, out), done)
 
     def _release(self, acq: Acquired) -> None:

@@ -84,6 +84,28 @@ def test_fits_far_behind_read_their_data_back_from_the_file(make_daemon):
     assert results[0] == results[1] and results[0]["T1"] > 0
 
 
+def test_a_fit_whose_log_cannot_be_reopened_still_runs(make_daemon, tmp_path):
+    """A job waiting for its fit holds no open log; if the log cannot be opened again the
+    fit runs all the same (the analysis thread must not die: every later fit waits on
+    it)."""
+    d = make_daemon()
+    flag = tmp_path / "first-fit-may-finish"
+    with Client(d.socket) as c:
+        first = c.submit(*SLOW, {"flag": str(flag)})             # holds the analysis thread
+        second = c.submit(*SLOW, {"flag": str(tmp_path)})        # (exists: fits at once)
+        day = d.state_dir / "data" / second.split("-")[1]
+        _until(lambda: (day / f"{second}.h5").exists())          # saved, waiting for its fit
+        log = day / f"{second}.log"
+        log.unlink()
+        log.mkdir()                                              # cannot be opened
+        flag.touch()
+        assert c.wait(first, timeout=30).is_successful()
+        job = c.wait(second, timeout=30)
+        assert job.is_successful() and job.results == {"slope": 2.0}
+        assert c.wait(c.submit(*SLOW, {"flag": str(tmp_path)}), timeout=30).is_successful()
+    assert "cannot be reopened for the fit" in d.log()
+
+
 def test_fit_threads_bounds_the_fits_linear_algebra_threads(make_daemon):
     """A fit's BLAS threads would take the cores the board thread needs: labd sets their
     number (fit_threads) before numpy loads; each one more is one more OS thread."""
