@@ -92,9 +92,15 @@ class JobLog:
                                               self.path, failed.strerror or failed)
 
     def close(self) -> None:
+        """Write what is buffered and close; never raises (the threads that close logs
+        must go on: a job's outcome is delivered whatever its log does)."""
         self.flush()
         with self._flushing:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError as exc:
+                logging.getLogger(__name__).error("job log %s: %s", self.path,
+                                                  exc.strerror or exc)
 
     def reopen(self) -> None:
         """Open it again (appending) after ``close``: a job waiting for its fit holds no

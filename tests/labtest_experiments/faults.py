@@ -153,3 +153,11 @@ class MemoryHungry(Experiment):
 
 class NotAnExperiment:
     pass
+
+
+class FitThreads(Experiment):
+    """Reports the BLAS thread count labd set for its jobs (``fit_threads``)."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": [0.0], "threads": [float(os.environ["OPENBLAS_NUM_THREADS"])]}
