@@ -18,6 +18,20 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def settled_rss_mb(c: Client, pid: int) -> float:
+    """RSS once the daemon is idle and had a moment for its idle collection (which runs
+    after the last outcome is recorded, so right after a wait it may not have yet): the
+    lowest of a few samples over ~0.2 s."""
+    deadline = time.monotonic() + 30
+    while (h := c.health())["running"] or h["analyzing"]:
+        assert time.monotonic() < deadline
+    samples = []
+    for _ in range(20):
+        samples.append(rss_mb(pid))
+        time.sleep(0.01)
+    return min(samples)
+
+
 def test_rss_returns_after_batches_are_drained(make_daemon):
     d = make_daemon()
     levels = []
@@ -32,9 +46,10 @@ def test_rss_returns_after_batches_are_drained(make_daemon):
             assert len(c.cancel_batch(batch["batch_id"])["cancelled"]) == 1000
             c.cancel(hog)
             assert c.wait(hog, timeout=30).status == "cancelled"
-            levels.append(rss_mb(d.proc.pid))
+            levels.append(settled_rss_mb(c, d.proc.pid))
         assert c.health()["pending"] == 0
-    assert levels[-1] <= 1.10 * levels[2], levels
+    # a leak raises every later level; one round's allocator timing can raise just one
+    assert min(levels[-3:]) <= 1.10 * levels[2], levels
 
 
 def test_pending_records_are_small_and_share_what_they_can():

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import json
 import logging
@@ -91,6 +92,20 @@ class Running:
                 # (#16) asked to yield the board to this job (or admin) at a safe point
                 "preempting_for": self.ctx.preempt_by,
                 "safe_points": self.ctx.safe is not None}
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS (glibc): a big array freed by the idle
+    collection may sit in a thread's malloc arena, whichever thread allocated it."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+    _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+except (OSError, AttributeError):   # not glibc
+    _libc = None
 
 
 class Dispatcher:
@@ -181,6 +196,7 @@ class Dispatcher:
             if not self._can_start():
                 if ran_since_collect and self._idle():  # free jobs' cyclic garbage now
                     gc.collect()
+                    _malloc_trim()
                     ran_since_collect = False
                 self._wake.clear()
                 await self._wake.wait()
