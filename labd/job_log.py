@@ -108,6 +108,7 @@ class JobLog:
         with self._flushing:
             if self._fh.closed:
                 self._fh = open(self.path, "ab", buffering=0)
+        self.flush()   # anything written while it was closed
 
 
 class LogRouter:
