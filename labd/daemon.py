@@ -89,8 +89,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info("labd %s ready on %s (%s hardware, %d experiment modules, %d pending)",
-                 __version__, sock.getsockname() or s.socket_path, s.hardware, n,
-                 self.scheduler.runnable_count)
+                 __version__, sock.getsockname() if activated else s.socket_path,
+                 s.hardware, n, self.scheduler.runnable_count)
         self.notifier.send(ready=1, status=self.status_line())
         watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_s else None
         await self._stop.wait()
@@ -122,6 +122,7 @@ class Daemon:
         if not s.web_enabled:
             return None
         from .web import WebServer
+        passed = sock is not None
         try:  # a dashboard that cannot start must not keep the scheduler from serving
             if sock is None:
                 sock = bind_socket(s.web_socket_path, s.socket_mode, s.socket_group)
@@ -131,7 +132,7 @@ class Daemon:
             return None
         web = WebServer(self.app, self.server.policy)  # the RPC calls' own policy
         await web.start(sock)
-        where = sock.getsockname() or s.web_socket_path
+        where = sock.getsockname() if passed else s.web_socket_path
         log.info("dashboard on %s (ssh -L 8080:%s HOST, then http://localhost:8080)",
                  where, where)
         return web

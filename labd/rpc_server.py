@@ -285,16 +285,28 @@ def bind_socket(path: os.PathLike, mode: int, group: str | None) -> socket.socke
             p.unlink(missing_ok=True)  # stale socket from a crash
         finally:
             probe.close()
+    # Bound and set up under a temporary name, then renamed into place once it listens:
+    # a client that finds the path can always connect (no "nothing listening" at start).
+    tmp = p.with_name(f".{p.name}.{os.getpid()}")
+    if len(os.fsencode(tmp)) >= 108:   # too long for a socket address: bind in place
+        tmp = p
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        sock.bind(str(p))
+        tmp.unlink(missing_ok=True)
+        sock.bind(str(tmp))
     finally:
         os.umask(old)
-    if group is not None:
-        os.chown(p, -1, grp.getgrnam(group).gr_gid)
-    os.chmod(p, mode)
-    sock.listen(LISTEN_BACKLOG)
+    try:
+        if group is not None:
+            os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(tmp, mode)
+        sock.listen(LISTEN_BACKLOG)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 

@@ -61,6 +61,29 @@ def test_bind_replaces_only_a_stale_socket(tmp_path):
         live.close()
 
 
+def test_the_socket_path_appears_only_once_it_listens(tmp_path, monkeypatch):
+    """A client that finds the socket can connect: it is set up under another name and
+    renamed into place after listen() (a client polling for the path at start-up got
+    "nothing listening")."""
+    path = tmp_path / "labd.sock"
+    seen = []
+    real_listen = socket.socket.listen
+
+    def listen(self, *args):
+        seen.append(path.exists())
+        return real_listen(self, *args)
+    monkeypatch.setattr(socket.socket, "listen", listen)
+    sock = bind_socket(path, 0o660, None)
+    try:
+        assert seen == [False]
+        assert sorted(tmp_path.iterdir()) == [path]                # no temporary left
+        assert oct(path.stat().st_mode & 0o777) == oct(0o660)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+    finally:
+        sock.close()
+
+
 def test_a_small_batch_cannot_ask_for_a_huge_reply(make_daemon):
     """100 calls in one ~8 KB request, each echoing a 500 KB expt config: the total is
     capped and the calls over it get a LimitExceeded error saying what to do."""
