@@ -309,7 +309,7 @@ class Executor:
 
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
-                 router: LogRouter, fit_backlog_bytes: int = 64 * 1024 * 1024) -> None:
+                 router: LogRouter, fit_backlog_bytes: int) -> None:
         self.loader = loader
         self.board = board
         self.setpoint = setpoint

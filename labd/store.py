@@ -344,8 +344,8 @@ class Store:
     async def pending_rows(self) -> list[aiosqlite.Row]:
         """Pending jobs in submit order: the queue is rebuilt from these on start."""
         return await self.fetchall(
-            "SELECT seq, job_id, user, os_user, os_uid, experiment_class, experiment_module,"
-            " priority, created_at, batch_id, held, after_job, not_before, preemptible,"
+            "SELECT job_id, user, os_user, os_uid, experiment_class, experiment_module,"
+            " priority, batch_id, held, after_job, not_before, preemptible,"
             " preemptions, preempted_by, preempted_at, resume_versions IS NOT NULL AS resume"
             " FROM jobs WHERE status = 'pending' ORDER BY seq")
 

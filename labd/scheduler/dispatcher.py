@@ -94,18 +94,18 @@ class Running:
                 "safe_points": self.ctx.safe is not None}
 
 
-def _malloc_trim() -> None:
-    """Hand freed heap memory back to the OS (glibc): a big array freed by the idle
-    collection may sit in a thread's malloc arena, whichever thread allocated it."""
-    if _libc is not None:
-        _libc.malloc_trim(0)
-
-
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
     _libc.malloc_trim.argtypes = [ctypes.c_size_t]
 except (OSError, AttributeError):   # not glibc
     _libc = None
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS (glibc): a big array freed by the idle
+    collection may sit in a thread's malloc arena, whichever thread allocated it."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
 
 
 class Dispatcher:
