@@ -122,15 +122,22 @@ def _gated(tmp_path: Path, name: str) -> Path:
     return gate
 
 
-def test_push_of_another_key_while_the_job_runs_is_merged(make_daemon, tmp_path):
-    d = make_daemon()
+def _push_while_it_runs(d, tmp_path, old: str, new: str) -> tuple[str, str, str, dict]:
+    """An update_main job sets T1 to 33.3 while main is pushed with ``old`` replaced by
+    ``new``: (the job's base version, its content, the pushed version, the job)."""
     base, text = main_content(d)
-    gate = _gated(tmp_path, "g1")
+    gate = _gated(tmp_path, "gate")
     r = submit(d, FAKE, {"value": 33.3, "gate": str(gate)}, update_main=True)
     until(lambda: (gate / "started").exists())
-    pushed = push(d, text.replace("f_ge: [4500.0]", "f_ge: [4501.5]"))
+    pushed = push(d, text.replace(old, new))
     (gate / "go").touch()
-    job = wait(d, r["job_id"])
+    return base, text, pushed, wait(d, r["job_id"])
+
+
+def test_push_of_another_key_while_the_job_runs_is_merged(make_daemon, tmp_path):
+    d = make_daemon()
+    base, text, pushed, job = _push_while_it_runs(d, tmp_path, "f_ge: [4500.0]",
+                                                  "f_ge: [4501.5]")
     upd = job["config_update"]
     assert job["status"] == "completed" and upd["applied"] is True, job
     assert upd["base_version"] == base and upd["merged_with"] == pushed
@@ -148,13 +155,7 @@ def test_push_of_another_key_while_the_job_runs_is_merged(make_daemon, tmp_path)
 def test_push_of_the_same_key_while_the_job_runs_leaves_the_proposal_unapplied(
         make_daemon, tmp_path):
     d = make_daemon()
-    base, text = main_content(d)
-    gate = _gated(tmp_path, "g2")
-    r = submit(d, FAKE, {"value": 33.3, "gate": str(gate)}, update_main=True)
-    until(lambda: (gate / "started").exists())
-    pushed = push(d, text.replace("T1: [20.0]", "T1: [25.0]"))
-    (gate / "go").touch()
-    job = wait(d, r["job_id"])
+    _, _, pushed, job = _push_while_it_runs(d, tmp_path, "T1: [20.0]", "T1: [25.0]")
     upd = job["config_update"]
     assert job["status"] == "completed" and upd["applied"] is False, job
     assert f"changed {T1_KEY} too" in upd["reason"] and pushed in upd["reason"]
