@@ -7,6 +7,8 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import curve_fit, leastsq
 
+_STEP = np.sqrt(np.finfo(float).eps)
+
 
 def _lm(f: Callable, x: np.ndarray, y: np.ndarray, p0: list[float],
         maxfev: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -16,8 +18,24 @@ def _lm(f: Callable, x: np.ndarray, y: np.ndarray, p0: list[float],
         return None
     # an unbounded step may overflow (say, a negative decay time): no warning in the job's
     # log for it, the result is checked against the bounds below
+    def residuals(p: np.ndarray) -> np.ndarray:
+        return f(x, *p) - y
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        """Forward differences with scipy's step, sqrt(eps) * max(1, |p|). MINPACK's own
+        step, sqrt(eps) * |p|, vanishes for a parameter that starts at 0 (a Rabi's offset
+        on a centred signal): its column is noise, no covariance comes out, and every
+        start went on to the bounded fit, 20 times slower."""
+        r0 = residuals(p)
+        jac = np.empty((len(r0), len(p)))
+        for j in range(len(p)):
+            q = np.array(p, dtype=float)
+            q[j] += _STEP * max(1.0, abs(q[j]))
+            jac[:, j] = (residuals(q) - r0) / (q[j] - p[j])
+        return jac
+
     with np.errstate(over="ignore", invalid="ignore"):
-        popt, cov, info, _, ier = leastsq(lambda p: f(x, *p) - y, p0, full_output=True,
+        popt, cov, info, _, ier = leastsq(residuals, p0, Dfun=jacobian, full_output=True,
                                           maxfev=maxfev)
     if ier not in (1, 2, 3, 4) or cov is None or np.isnan(cov).any():
         return None
