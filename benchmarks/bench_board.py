@@ -7,7 +7,10 @@ JSON object; every figure has the physical floor measured in the same run beside
   (``--mock-speed``, default 0.005 x a real board: ~8 ms for these sweeps), so the next
   job can be prepared meanwhile, as on hardware; floor: one thread handing an item to
   another through a queue (what the board thread's hand-off can cost at least).
-- drain: mock T1 jobs per second with data files and fits.
+- drain: mock T1 jobs per second with data files and fits, with the data writer this
+  machine gets by default (``data_writer`` "auto": a thread below 4 CPUs) and with the
+  child process; beside it, a mock Rabi's idle gap with the child process (on a 2-core
+  machine a second busy process delays the board: see labd/data_writer.py).
 - submit latency with the sync Client, next to a minimal asyncio server on this machine
   that commits the same row (WAL, synchronous=FULL) before replying.
 - 16 separate client processes submitting at once; floor: the same against that server.
@@ -73,8 +76,9 @@ _roots: list[Path] = []
 
 @contextlib.contextmanager
 def daemon(**settings) -> Iterator[Daemon]:
+    """A daemon with this machine's defaults (the test harness pins the data writer)."""
     d = Daemon(max_pending_per_user=2_000_000, max_batch=10_000, job_time_limit_s=86400,
-               **settings).start(timeout=120)
+               **{"data_writer": "auto", **settings}).start(timeout=120)
     _roots.append(d.root)
     try:
         yield d
@@ -178,6 +182,31 @@ def floor_handoff_ms(n: int) -> dict[str, float]:
     return stats(lat)
 
 
+def gap_run(out: dict, exp: tuple, depth: int, measured: int, speed: float,
+            **settings) -> None:
+    """The board's idle gaps over ``measured`` acquisitions, ``depth`` jobs queued."""
+    with daemon(mock_speed=speed, **settings) as d, Client(d.socket, timeout=600) as c:
+        c.pause()
+        for left in range(depth, 0, -10_000):
+            c.submit_batch([spec(exp)] * min(left, 10_000))
+        key = f"{exp[0]}@{depth}" + "".join(f" {k}={v}" for k, v in settings.items())
+        if depth >= 1_000_000:
+            out["rss_1m_pending_mb"] = rss_mb(d.proc.pid)
+        n = min(depth, measured)
+        before = c.call("board_stats")["acquisitions"]
+        t = time.perf_counter()
+        c.resume()
+        deadline = time.monotonic() + 600
+        while c.call("board_stats")["acquisitions"] - before < n:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        acquire_rate = n / (time.perf_counter() - t)
+        c.pause()
+        gaps = c.call("board_stats")["idle_gaps_ms"][-(n - 1):]
+        out[f"idle_gap_ms {key}"] = stats(gaps)
+        out[f"acquisitions_per_s {key}"] = round(acquire_rate)
+
+
 def phase_gaps(out: dict, depths: list[int], measured: int, speed: float) -> None:
     """Board idle gap, queue `depth` deep, for each experiment; then the drain."""
     out["floor_commit_ms"] = floor_commit_ms(300)
@@ -185,37 +214,21 @@ def phase_gaps(out: dict, depths: list[int], measured: int, speed: float) -> Non
     out["mock_speed"] = speed
     for exp in (T1, RABI, SLOW_FIT):
         for depth in depths:
-            with daemon(mock_speed=speed) as d, Client(d.socket, timeout=600) as c:
-                c.pause()
-                for left in range(depth, 0, -10_000):
-                    c.submit_batch([spec(exp)] * min(left, 10_000))
-                key = f"{exp[0]}@{depth}"
-                if depth >= 1_000_000:
-                    out["rss_1m_pending_mb"] = rss_mb(d.proc.pid)
-                n = min(depth, measured)
-                first = c.history(limit=1, status="pending", cursor=None)
-                before = c.call("board_stats")["acquisitions"]
-                t = time.perf_counter()
-                c.resume()
-                deadline = time.monotonic() + 600
-                while c.call("board_stats")["acquisitions"] - before < n:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
-                acquire_rate = n / (time.perf_counter() - t)
-                c.pause()
-                gaps = c.call("board_stats")["idle_gaps_ms"][-(n - 1):]
-                out[f"idle_gap_ms {key}"] = stats(gaps)
-                out[f"acquisitions_per_s {key}"] = round(acquire_rate)
-                del first
-    with daemon() as d, Client(d.socket, timeout=600) as c:  # drain: durable outcomes
-        c.pause()
-        batch = c.submit_batch([spec(T1)] * measured)
-        t = time.perf_counter()
-        c.resume()
-        c.wait(batch["job_ids"][-1], timeout=600)
-        out["drain_t1_per_s"] = round(measured / (time.perf_counter() - t))
-        jobs = c.history(batch_id=batch["batch_id"], limit=measured)
-        out["drain_t1_failed"] = sum(1 for j in jobs if j.status != "completed")
+            gap_run(out, exp, depth, measured, speed)
+    gap_run(out, RABI, depths[-1], measured, speed, data_writer="process")
+    from labd.data_writer import use_process
+    out["data_writer"] = "process" if use_process("auto") else "thread"
+    for writer, key in (("auto", ""), ("process", " data_writer=process")):
+        with daemon(data_writer=writer) as d, Client(d.socket, timeout=600) as c:  # drain
+            c.pause()
+            batch = c.submit_batch([spec(T1)] * measured)
+            time.sleep(1)   # the data writer child is up (it starts when jobs are queued)
+            t = time.perf_counter()
+            c.resume()
+            c.wait(batch["job_ids"][-1], timeout=600)   # durable outcomes
+            out["drain_t1_per_s" + key] = round(measured / (time.perf_counter() - t))
+            jobs = c.history(batch_id=batch["batch_id"], limit=measured)
+            out["drain_t1_failed" + key] = sum(1 for j in jobs if j.status != "completed")
 
 
 def _client_proc(sock: str, n: int, floor: bool, start: float, q: mp.Queue) -> None:

@@ -62,7 +62,7 @@ class Daemon:
         self.board = make_board(s)
         self.executor = Executor(self.loader, self.board, Setpoint(s.setpoint),
                                  self.configs.content, s.max_log_bytes, self.router,
-                                 s.fit_backlog_bytes)
+                                 s.fit_backlog_bytes, s.data_writer)
         self.scheduler = Scheduler(s, self.store, self.configs, self.executor, self.events)
         interrupted = await self.scheduler.start(counters)
         self.app = AppContext(settings=s, store=self.store, configs=self.configs,

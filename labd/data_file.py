@@ -81,7 +81,14 @@ class _Image:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.fid.close()
+
+    @property
+    def size(self) -> int:
+        return self.fid.get_filesize()
 
     def has(self, name: str) -> bool:
         return self.root.links.exists(name.encode())
@@ -129,11 +136,15 @@ class _Image:
 
 def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
               meta: dict[str, Any], configs: dict[str, dict[str, str]],
-              analysis: str = "pending") -> None:
+              analysis: str = "pending", replace: bool = False,
+              keep: bool = False) -> "_Image | None":
     """Write the raw data and everything needed to reproduce it. ``analysis`` is "pending"
-    until add_results() runs, or "none" for an experiment without analysis."""
+    until add_results() runs, or "none" for an experiment without analysis. ``replace``:
+    only for this job's own file (see data_writer). ``keep``: return the file, still
+    open in memory, for add_results (no reading it back)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _Image() as f:
+    f = _Image()
+    try:
         f.attr(f.root, "config", config)
         for k, v in meta.items():
             if v is not None and v != []:  # an attribute costs ~40 us: skip empty ones
@@ -149,13 +160,32 @@ def write_raw(path: Path, data: dict[str, np.ndarray], config: dict[str, Any],
             f.text(grp, name, info["content"])
         f.attr(grp, "versions", {name: {"version_id": i["version_id"], "sha256": i["sha256"]}
                                  for name, i in configs.items()})
-        f.save(path)
+        f.save(path, replace)
+    except BaseException:
+        f.close()
+        raise
+    if keep:
+        return f
+    f.close()
+    return None
 
 
-def add_results(path: Path, results: dict[str, Any], analysis_error: str | None) -> None:
-    """Add fit results: the saved file is loaded into memory, extended, and replaced
-    atomically, so a crash here leaves the raw file intact."""
-    with _Image(path) as f:
+def root_attr(path: Path, name: str) -> str | None:
+    """A text attribute of a data file (None if it has none, or is unreadable)."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get(name)
+    except (OSError, KeyError):
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def add_results(path: Path, results: dict[str, Any], analysis_error: str | None,
+                image: _Image | None = None) -> None:
+    """Add fit results: the saved file (``image``: as write_raw kept it, else read back)
+    is extended in memory and replaced atomically, so a crash here leaves the raw file
+    intact."""
+    with image or _Image(path) as f:
         keys = []
         for key, value in results.items():
             if f.has(key):

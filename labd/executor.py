@@ -1,13 +1,16 @@
-"""A job's way through four threads (and a helper). The prepare thread loads the experiment (allow-listed),
-validates its config, reads its config versions and builds and compiles its programs while
-the job before it still acquires. The board thread owns the hardware only for acquisition:
-it takes the prepared job the moment the previous acquisition ends (no round trip through
-the event loop), applies the pre-job setpoint and acquires. The raw data then go to the
-save thread, which writes them durably (the file under its final name) *before* any fit
-runs; the analysis thread fits and adds the results (fits wait while a job is being
-prepared: the board must not). A fifth thread does the board thread's side effects (log
-writes, waking the event loop), so between two acquisitions it makes no system call. None
-of them touches the database: the scheduler records the start and the outcome."""
+"""A job's way through four threads (and helpers). The prepare thread loads the experiment
+(allow-listed), validates its config, reads its config versions and builds and compiles its
+programs while the job before it still acquires. The board thread owns the hardware only
+for acquisition: it takes the prepared job the moment the previous acquisition ends (no
+round trip through the event loop), applies the pre-job setpoint and acquires. The raw
+data then go to the save thread, which describes the job and hands the data file to the
+data writer (labd/data_writer.py: a child process, or a thread on a small machine); only
+once the file is durable under its final name does the job go to the analysis thread,
+which fits and hands the results to the writer in turn (fits wait while the board's next
+jobs are made ready: the board must not wait). A helper thread does the board thread's
+side effects (log writes, waking the event loop), so between two acquisitions it makes no
+system call. None of them touches the database: the scheduler records the start and the
+outcome."""
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +28,7 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import yaml
@@ -35,6 +38,7 @@ from experiments.base import Experiment, Stopped
 from . import __version__, data_file
 from .checkpoint import Checkpoint, Preempted, SafePoints, checkpoint_path
 from .checkpoint import remove as remove_checkpoint
+from .data_writer import DataWriter, use_process
 from .experiment_loader import ExperimentLoader
 from .hardware.setpoint import Setpoint
 from .job_log import JobLog, LogRouter
@@ -46,7 +50,38 @@ _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when avai
 job_log = logging.getLogger("labd.job")
 
 
-PREPARE_FIRST_S = 1.0            # how long a fit waits for the prepare thread to be idle
+PREPARE_FIRST_S = 1.0            # how long a fit waits for the board's next jobs to be ready
+
+
+class Readying:
+    """Counts the jobs on their way to the board that are not prepared yet: from the
+    moment the dispatcher takes one from the queue (and reads what it needs from the
+    database) until the prepare thread is done with it. Fits wait while there are any,
+    for at most PREPARE_FIRST_S: a fit holds the GIL for milliseconds at a time (its
+    Python residuals), and the way of the board's next job through the loop, the
+    database and the prepare thread is a dozen GIL hand-offs."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._lock = threading.Lock()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def add(self, k: int) -> None:
+        with self._lock:
+            self._n += k
+            if self._n:
+                self.idle.clear()
+            else:
+                self.idle.set()
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        self.add(1)
+        try:
+            yield
+        finally:
+            self.add(-1)
 
 
 class JobInterrupted(BaseException):
@@ -309,7 +344,8 @@ class Executor:
 
     def __init__(self, loader: ExperimentLoader, board: Any, setpoint: Setpoint,
                  config_reader: Callable[[Any], str], max_log_bytes: int,
-                 router: LogRouter, fit_backlog_bytes: int) -> None:
+                 router: LogRouter, fit_backlog_bytes: int,
+                 data_writer: str = "auto") -> None:
         self.loader = loader
         self.board = board
         self.setpoint = setpoint
@@ -330,7 +366,9 @@ class Executor:
         self._to_save: queue.SimpleQueue = queue.SimpleQueue()
         self._to_fit: queue.SimpleQueue = queue.SimpleQueue()
         self._io: queue.SimpleQueue = queue.SimpleQueue()
-        self._prepare_idle = threading.Event()    # nothing waits to be prepared
+        self.readying = Readying()
+        self.files = DataWriter(use_process(data_writer))
+        self._files_started = False
         self._thread = threading.Thread(target=self._loop, name="labd-board", daemon=True)
         self._thread.start()
         for name, loop in (("labd-prepare", self._prepare_loop),
@@ -348,8 +386,16 @@ class Executor:
                on_log: Callable[[str, str], None] | None = None) -> Handle:
         """Prepare the job now; the board takes it as soon as it is free."""
         handle = Handle(spec, ctx, on_log)
+        self.readying.add(1)   # until the prepare thread is done with it
         self._to_prepare.put(handle)
         return handle
+
+    def warm_up(self) -> None:
+        """A job is queued: the data writer starts now (it imports h5py, ~0.3 s), not
+        while the first save waits for it. (On the helper thread: not the loop's.)"""
+        if not self._files_started and self.files.process:
+            self._files_started = True
+            self.later(self.files.start)
 
     # ---- the board thread's side effects ---------------------------------------------
     # Between two acquisitions the board thread makes no system call: each one gives up the
@@ -388,14 +434,7 @@ class Executor:
 
     # ---- in the prepare thread -------------------------------------------------------
     def _prepare_loop(self) -> None:
-        while True:
-            if self._to_prepare.empty():
-                self._prepare_idle.set()
-            handle = self._to_prepare.get()
-            self._prepare_idle.clear()
-            if handle is None:
-                self._prepare_idle.set()
-                return
+        while (handle := self._to_prepare.get()) is not None:
             try:
                 result = self._prepare_job(handle)
             except BaseException:  # never let a job take the thread down
@@ -404,8 +443,9 @@ class Executor:
                                  "the job; the daemon log has the details")
             if isinstance(result, Outcome):
                 handle._never_starts(result)
-            else:
+            elif result is not None:
                 self._work.put((handle, result))
+            self.readying.add(-1)
 
     def _prepare_job(self, handle: Handle) -> Prepared | Outcome | None:
         spec, ctx = handle.spec, handle.ctx
@@ -656,49 +696,52 @@ class Executor:
     # Two threads, so a long fit never delays saving (and completing) the jobs after it.
     def _save_loop(self) -> None:
         while (item := self._to_save.get()) is not None:
-            result, handle, jl = item
-            if isinstance(result, Outcome):  # nothing to save
-                jl.close()
-                handle.done.set_result(result)
-                continue
-            handle.claimed.wait()  # never a data file for a job not recorded as started
-            if not handle.claim_ok:  # it stays pending and runs again: drop this attempt
-                result.log.write("labd: this attempt is dropped: its start could not be "
-                                 "recorded; the job stays pending\n")
-                self._deliver(result, None, handle.done)
-                continue
-            out = self._in_job_log(result, self._save, result)
-            if out.reason is EndReason.COMPLETED and out.results is None:
-                # Fits may fall far behind the board (a 200 ms fit after each 7 ms
-                # acquisition): a job waiting for its fit holds no open file, and past
-                # fit_backlog_bytes no data either (its fit reads them from the saved file).
-                result.log.close()
-                if self.backlog_bytes > self.fit_backlog_bytes:
-                    self._release(result)
-                    result.data = None
-                self._to_fit.put((result, out, handle.done))
-            else:
-                self._deliver(result, out, handle.done)
+            self._save_one(*item)
+
+    def _save_one(self, result: Acquired | Outcome, handle: Handle, jl: JobLog) -> None:
+        if isinstance(result, Outcome):  # nothing to save
+            jl.close()
+            handle.done.set_result(result)
+            return
+        handle.claimed.wait()  # never a data file for a job not recorded as started
+        if not handle.claim_ok:  # it stays pending and runs again: drop this attempt
+            result.log.write("labd: this attempt is dropped: its start could not be "
+                             "recorded; the job stays pending\n")
+            self._deliver(result, None, handle.done)
+            return
+        self._step(result, handle.done, self._save, result, handle.done)
+
+    def _step(self, acq: Acquired, done: Future, step: Callable[..., Outcome | None],
+              *args: Any) -> None:
+        """One step of a job after its acquisition, in its log; delivered if it returns
+        the outcome (None: it handed the job on)."""
+        out = self._in_job_log(acq, step, *args)
+        if out is not None:
+            self._deliver(acq, out, done)
 
     def _fit_loop(self) -> None:
         while (item := self._to_fit.get()) is not None:
-            acq, out, done = item
-            # The board's next jobs are prepared first: a fit can wait, the board should not
-            # (a Python-heavy fit would otherwise take the GIL from the prepare thread).
-            self._prepare_idle.wait(PREPARE_FIRST_S)
-            try:
-                acq.log.reopen()
-            except OSError as exc:  # the fit runs all the same; only its log lines are lost
-                log.error("job log %s cannot be reopened for the fit: %s", acq.log.path,
-                          exc.strerror or exc)
-            self._deliver(acq, self._in_job_log(acq, self._fit, acq, out), done)
+            self._fit_one(*item)
+        self.files.close()   # (after the save thread's last write: the queues are FIFO)
+
+    def _fit_one(self, acq: Acquired, out: Outcome, done: Future) -> None:
+        # The board's next jobs are prepared first: a fit can wait, the board should not
+        # (a Python-heavy fit would otherwise take the GIL from the prepare thread).
+        self.readying.idle.wait(PREPARE_FIRST_S)
+        try:
+            acq.log.reopen()
+        except OSError as exc:  # the fit runs all the same; only its log lines are lost
+            log.error("job log %s cannot be reopened for the fit: %s", acq.log.path,
+                      exc.strerror or exc)
+        self._step(acq, done, self._fit, acq, out, done)
 
     def _release(self, acq: Acquired) -> None:
         with self._backlog_lock:
             self.backlog_bytes -= acq.held
         acq.held = 0
 
-    def _in_job_log(self, acq: Acquired, step: Callable[..., Outcome], *args: Any) -> Outcome:
+    def _in_job_log(self, acq: Acquired, step: Callable[..., Outcome | None],
+                    *args: Any) -> Outcome | None:
         self.router.attach(acq.log)
         try:
             return step(*args)
@@ -716,35 +759,53 @@ class Executor:
             out.finished_at = utcnow()
         done.set_result(out)
 
-    def _save(self, acq: Acquired) -> Outcome:
-        """Write the raw data durably. Returns a final outcome, or a COMPLETED one with
-        ``results`` None when a fit is still to run."""
-        spec = acq.spec
+    def _save(self, acq: Acquired, done: Future) -> None:
+        """Hand the raw data to the data writer; ``_saved`` goes on once they are durable
+        (meanwhile this thread describes the next job)."""
         out = Outcome(EndReason.ERROR, module_sha256=acq.loaded.sha256,
                       module_git_rev=acq.loaded.git_rev())
         merged, meta = self._describe(acq)
         meta.update(saved_at=utcnow(), module_git_rev=out.module_git_rev)
         has_analysis = type(acq.exp).analyze is not Experiment.analyze
-        try:
-            data_file.write_raw(spec.data_path, acq.data, merged, meta, acq.contents,
-                                analysis="pending" if has_analysis else "none")
-        except OSError as exc:
+        self.files.write_raw(
+            lambda error: self._step(acq, done, self._saved, acq, out, done, has_analysis,
+                                     error),
+            acq.spec.data_path, acq.data, merged, meta, acq.contents,
+            "pending" if has_analysis else "none")
+
+    def _saved(self, acq: Acquired, out: Outcome, done: Future, has_analysis: bool,
+               error: BaseException | None) -> Outcome | None:
+        """The raw data are durable (or could not be saved): the job goes to its fit, or
+        this is its outcome."""
+        spec = acq.spec
+        if isinstance(error, OSError):
             out.error_message = (f"DataSaveError: could not save data to {spec.data_path}: "
-                                 f"{exc.strerror or exc}")
+                                 f"{error.strerror or error}")
             job_log.error("%s", out.error_message)
             return out
+        if error is not None:
+            raise error
         out.data_file_path = str(spec.data_path)
         job_log.info("raw data saved to %s", spec.data_path)
         if acq.ctx.safe is not None and acq.ctx.safe.resumed:  # the data file holds it all
             remove_checkpoint(checkpoint_path(spec.data_path))  # now (#16; only a resumed
             # job has a checkpoint: a preempted one ends before its save)
         out.reason = EndReason.COMPLETED
-        if has_analysis:
-            out.results = None  # type: ignore[assignment]
-        return out
+        if not has_analysis:
+            return out
+        # Fits may fall far behind the board (a 200 ms fit after each 7 ms acquisition):
+        # a job waiting for its fit holds no open file, and past fit_backlog_bytes no data
+        # either (its fit reads them from the saved file).
+        acq.log.close()
+        if self.backlog_bytes > self.fit_backlog_bytes:
+            self._release(acq)
+            acq.data = None
+        self._to_fit.put((acq, out, done))
+        return None
 
-    def _fit(self, acq: Acquired, out: Outcome) -> Outcome:
-        """Run the analysis on saved raw data and add its results to the file."""
+    def _fit(self, acq: Acquired, out: Outcome, done: Future) -> None:
+        """Run the analysis on the saved raw data; the writer adds its results to the
+        file, and ``_fitted`` delivers the outcome once they are durable."""
         results: dict[str, Any] = {}
         analysis_error = None
         try:
@@ -754,10 +815,16 @@ class Executor:
         except Exception as exc:
             analysis_error = f"{type(exc).__name__}: {exc}"
             job_log.error("analysis failed (raw data is saved):\n%s", traceback.format_exc())
-        try:
-            data_file.add_results(acq.spec.data_path, results, analysis_error)
-        except Exception as exc:
-            analysis_error = f"saving fit results failed: {type(exc).__name__}: {exc}"
+        self.files.add_results(
+            lambda error: self._step(acq, done, self._fitted, out, results, analysis_error,
+                                     error),
+            acq.spec.data_path, results, analysis_error)
+
+    @staticmethod
+    def _fitted(out: Outcome, results: dict[str, Any], analysis_error: str | None,
+                error: BaseException | None) -> Outcome:
+        if error is not None:
+            analysis_error = f"saving fit results failed: {type(error).__name__}: {error}"
         out.results = _scalars(results)
         if analysis_error:
             out.error_message = f"analysis failed (raw data saved): {analysis_error}"

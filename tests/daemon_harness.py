@@ -38,7 +38,10 @@ class Daemon:
         self.socket = self.root / "labd.sock"
         self.settings = {"state_dir": self.state_dir, "socket_path": self.socket,
                          "allowed_packages": ["experiments", "labtest_experiments"],
-                         "stop_grace_s": 1.0, "mock_speed": 0, **settings}
+                         "stop_grace_s": 1.0, "mock_speed": 0,
+                         # the lab's station has more than 4 CPUs: its data writer is a
+                         # child process (the "auto" of a 2-core CI machine is a thread)
+                         "data_writer": "process", **settings}
         self.config_path = self.root / "labd.toml"
         self.config_path.write_text(to_toml(self.settings))
         self.log_path = self.root / "daemon.log"

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from labd.checkpoint import Checkpoint, SafePoints
 from labd.config_store import ConfigStore
 from labd.events import EventBus
-from labd.executor import Handle, Outcome
+from labd.executor import Handle, Outcome, Readying
 from labd.identity import Peer
 from labd.scheduler.core import Scheduler
 from labd.scheduler.states import EndReason
@@ -39,6 +39,11 @@ class FakeExecutor:
     @staticmethod
     def later(fn: Any, *args: Any) -> None:
         fn(*args)
+
+    def warm_up(self) -> None:   # no data writer to start
+        pass
+
+    readying = Readying()
 
     def submit(self, spec: Any, ctx: Any, on_log: Any = None) -> Handle:
         handle = Handle(spec, ctx, on_log)

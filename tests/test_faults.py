@@ -84,6 +84,46 @@ def tiny_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)])
 
 
+def test_data_writer_killed_jobs_still_complete_with_their_files(make_daemon):
+    """The data files are written by a child process; killed, it loses no job's file."""
+    import psutil
+    d = make_daemon(data_writer="process")
+    t1 = ("T1Experiment", "experiments.single_qubit.t1", {"expts": 20, "reps": 10})
+
+    def writers() -> list[psutil.Process]:
+        return [p for p in psutil.Process(d.proc.pid).children()
+                if "labd.data_writer" in " ".join(p.cmdline())]
+    with Client(d.socket) as c:
+        assert c.wait(c.submit(*t1), timeout=30).is_successful()
+        [writer] = writers()
+        assert c.health()["data_writer_pid"] == writer.pid
+        writer.kill()
+        batch = c.submit_batch([{"experiment_class": t1[0], "experiment_module": t1[1],
+                                 "experiment_config": t1[2]}] * 5)
+        for job_id in batch["job_ids"]:
+            job = c.wait(job_id, timeout=60)
+            assert job.is_successful(), job.error_message
+            with h5py.File(job.data_file_path) as f:
+                assert f.attrs["analysis"] == "done" and "T1" in f
+        assert writers() == []   # labd writes itself for a while (RESTART_AFTER_S)
+        health = c.health()
+        assert health["status"] == "ok" and health["data_writer_pid"] is None
+
+
+def test_thread_data_writer_writes_the_files_itself(make_daemon):
+    """data_writer = "thread" (what "auto" picks below 4 CPUs): no child process."""
+    import psutil
+    d = make_daemon(data_writer="thread")
+    with Client(d.socket) as c:
+        job = c.wait(c.submit("T1Experiment", "experiments.single_qubit.t1",
+                              {"expts": 20, "reps": 10}), timeout=30)
+        assert job.is_successful(), job.error_message
+        with h5py.File(job.data_file_path) as f:
+            assert f.attrs["analysis"] == "done" and "T1" in f
+        assert c.health()["data_writer_pid"] is None
+        assert psutil.Process(d.proc.pid).children() == []
+
+
 def test_disk_full_fails_job_clearly_and_daemon_survives(make_daemon, tiny_fs):
     d = make_daemon(output_root=str(tiny_fs))
     (tiny_fs / "filler").write_bytes(b"\0" * (TINY_FS_BYTES - 8192))  # leave ~8 kB

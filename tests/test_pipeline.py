@@ -10,7 +10,7 @@ import h5py
 
 from labd.scheduler.states import RunPhase
 from labd_client import Client
-from sched_harness import Harness
+from sched_harness import ROOT, Harness
 
 SLOW = ("SlowAnalysis", "labtest_experiments.faults")
 NOOP = ("NoOpExperiment", "experiments.diagnostics.noop")
@@ -43,6 +43,40 @@ async def test_analysis_backlog_is_bounded(tmp_path, monkeypatch):
         assert h.executor.started.empty()        # the board waits for a fit to finish
         h.executor.finish(ids[0])
         assert await h.started() == ids[-1]
+
+
+async def test_prepared_jobs_reach_the_board_in_run_order(tmp_path, monkeypatch):
+    """Each prepared job's fields are read from the database before the executor gets it;
+    a later job whose reads finish first must not overtake (FIFO within a priority). It
+    did, now and then: test_analysis_backlog_is_bounded failed 1 run in 5."""
+    import asyncio
+    from labd.scheduler.dispatcher import Dispatcher
+    read = Dispatcher._spec
+    first_may_read, second_read = asyncio.Event(), asyncio.Event()
+    ids: list[str] = []
+
+    async def spec(self, run):
+        if run.job.job_id == ids[0]:
+            await first_may_read.wait()
+        out = await read(self, run)
+        if run.job.job_id == ids[1]:
+            second_read.set()
+        return out
+    monkeypatch.setattr(Dispatcher, "_spec", spec)
+    async with Harness(tmp_path) as h:
+        await h.sched.set_paused(ROOT, True)   # both queued, then taken together
+        ids += [await h.submit(), await h.submit()]
+        await h.sched.set_paused(ROOT, False)
+        # the second job's reads may finish first (they did before the fix; now they wait
+        # for the first job's turn): either way the board must get the first job first
+        try:
+            await asyncio.wait_for(second_read.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+        first_may_read.set()
+        assert await h.started() == ids[0]
+        h.executor.acquired(ids[0])
+        assert await h.started() == ids[1]
 
 
 def _until(cond, timeout: float = 30.0) -> None:

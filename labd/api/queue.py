@@ -163,6 +163,9 @@ async def health(call: Call, p: NoParams) -> dict[str, Any]:
             "running": sched.running.summary() if sched.running else None,
             "executor": "stuck" if stuck is not None else sched.executor.state,
             "analyzing": sorted(sched.dispatcher.analyzing),
+            # the child writing data files (null before the first job, and while labd
+            # writes them itself after that child failed: the daemon log says why)
+            "data_writer_pid": sched.executor.files.pid,
             "unrecorded_outcomes": len(sched.states.unrecorded),
             "db_error": app.store.last_error,
             "uptime_s": round(time.monotonic() - app.started_mono, 3),

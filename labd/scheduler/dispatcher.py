@@ -120,6 +120,10 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()
+        # the prepared jobs reach the executor in the order taken (asyncio.Lock is FIFO):
+        # each first reads its fields from the database, and a later job's reads could
+        # finish first and let it overtake
+        self._in_order = asyncio.Lock()
         self._log_buf: list[tuple[str, str]] = []
         self._log_lock = threading.Lock()
 
@@ -238,6 +242,7 @@ class Dispatcher:
 
     def queued(self, pj: PendingJob) -> None:
         """A job became runnable: it goes before the prepared jobs it outranks."""
+        self.executor.warm_up()
         for i, run in enumerate(self.upcoming):
             if pj.priority > run.job.priority:
                 self.revoke_upcoming(f"{pj.job_id} has a higher priority", i)
@@ -337,27 +342,12 @@ class Dispatcher:
 
     async def _stages(self, run: Running) -> None:
         pj = run.job
-        try:
-            spec, run.pinned = await self._spec(run)
-        except PreconditionFailed:
-            log.error("%s is not in the database; not running it", pj.job_id)
-            self._release(run)
-            self.sched.forget(pj)
-            return
-        except StoreError as exc:
-            log.error("could not start %s (%s); it stays pending", pj.job_id, exc)
-            await asyncio.sleep(1.0)  # the database is failing: do not spin
-            if not run.revoked:       # (taken back meanwhile: pending again already)
-                self._release(run)
-                self.sched.requeue(pj)
-            return
-        except LabdError as exc:  # e.g. a pinned config version that cannot be read
-            self._release(run)
-            self.sched.finish(pj, Outcome(EndReason.START_FAILED, exc.message))
-            return
-        if run.revoked:
-            return
-        run.handle = handle = self.executor.submit(spec, run.ctx, self._on_log)
+        async with self._in_order:
+            with self.executor.readying.job():   # fits wait meanwhile: see Readying
+                spec = await self._read(run)
+                if spec is None or run.revoked:
+                    return
+                run.handle = handle = self.executor.submit(spec, run.ctx, self._on_log)
         if not await asyncio.wrap_future(handle.started):
             outcome = await asyncio.wrap_future(handle.done)
             if run.revoked:      # taken back: pending again already
@@ -430,6 +420,27 @@ class Dispatcher:
         del self.analyzing[pj.job_id]
         self.sched.finish(pj, outcome)
         self.wake()
+
+    async def _read(self, run: Running) -> JobSpec | None:
+        """``_spec``, or None if the job cannot start now (then dealt with here)."""
+        pj = run.job
+        try:
+            spec, run.pinned = await self._spec(run)
+            return spec
+        except PreconditionFailed:
+            log.error("%s is not in the database; not running it", pj.job_id)
+            self._release(run)
+            self.sched.forget(pj)
+        except StoreError as exc:
+            log.error("could not start %s (%s); it stays pending", pj.job_id, exc)
+            await asyncio.sleep(1.0)  # the database is failing: do not spin
+            if not run.revoked:       # (taken back meanwhile: pending again already)
+                self._release(run)
+                self.sched.requeue(pj)
+        except LabdError as exc:  # e.g. a pinned config version that cannot be read
+            self._release(run)
+            self.sched.finish(pj, Outcome(EndReason.START_FAILED, exc.message))
+        return None
 
     async def _spec(self, run: Running) -> tuple[JobSpec, frozenset[str]]:
         """What the executor needs: the job's stored fields and the config versions it
