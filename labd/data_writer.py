@@ -1,17 +1,17 @@
-"""Data files are written in order by the ``DataWriter``: by a child process or, on a
-small machine, by a thread of labd's. The executor's save and analysis threads hand each
-write over and go on with the next job; the writer's thread runs each write's
-continuation (``then``) once the file is durable, or with the error the write raised (the
-same errors as ``data_file``'s).
+"""Data files are written by a child process or, on a small machine, by labd's save and
+analysis threads themselves. With the child, those threads hand each write over and go on
+with the next job; the ``DataWriter``'s thread runs each write's continuation (``then``),
+in order, once the file is durable, or with the error the write raised (the same errors
+as ``data_file``'s). Without it, the continuation runs at once on the calling thread.
 
 Why a child: building an HDF5 file holds the GIL (h5py never releases it) and was two
 thirds of labd's CPU per job; when jobs come faster than their files are written (short
 acquisitions), the child writes them on a core of its own: mock T1 jobs drained at about
-230/s instead of 110/s. Why not always: on a 2-core machine a second busy process slowed
-the board's next acquisition (idle gap p99 of a mock Rabi: 3.5-4 ms instead of 1.3-1.6;
-so did a CPU burner at nice 19: it is the machine, not the priority). ``use_process``
-decides by the ``data_writer`` setting. The child keeps each raw file it wrote open in
-memory until its results are added, so the file is not read back for them.
+190-250/s instead of 110-145/s. Why not always: on a 2-core machine a second busy process
+slowed the board's next acquisition (idle gap p99 of a mock Rabi: 3.5-4 ms instead of
+1.3-1.6; so did a CPU burner at nice 19: it is the machine, not the priority).
+``use_process`` decides by the ``data_writer`` setting. The child keeps each raw file it
+wrote open in memory until its results are added, so the file is not read back for them.
 
 The child is a plain ``python -m labd.data_writer FD``: it inherits nothing but one end of
 a socket pair, ignores SIGINT and SIGTERM from birth (labd's shutdown decides when saving
@@ -73,8 +73,8 @@ def use_process(setting: str) -> bool:
 
 
 class DataWriter:
-    """Writes data files in order, fed by the executor's threads in turn; by a child
-    process if ``process``, else by its own thread."""
+    """Writes data files in order, fed by the executor's threads in turn: by a child
+    process if ``process``, else at once by the thread that hands the write over."""
 
     def __init__(self, process: bool = True) -> None:
         self.process = process
@@ -107,12 +107,13 @@ class DataWriter:
         self._submit(then, "add_results", path, results, analysis_error)
 
     def _submit(self, then: Then, fn: str, *args: Any) -> None:
-        request: bytes | None = None
-        if self.process:
-            try:
-                request = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
-            except Exception:   # not picklable (an odd metadata value): labd writes it
-                pass
+        if not self.process:   # written now, by the calling thread
+            then(_error_of(_own_write, fn, args, False))
+            return
+        try:
+            request: bytes | None = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
+        except Exception:   # not picklable (an odd metadata value): labd writes it
+            request = None
         with self._lock:
             closed = self._closed
             if not closed:
@@ -136,7 +137,7 @@ class DataWriter:
 
     def _current(self) -> _Child | None:
         """The live child (started if needed), or None while labd writes itself."""
-        if not self.process:
+        if not self.process:   # (start() of a thread writer)
             return None
         if self._child is not None and not self._child.dead:
             return self._child
