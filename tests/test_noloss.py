@@ -256,3 +256,13 @@ def test_a_lost_database_never_touches_an_existing_data_file_or_log(make_daemon)
 def test_a_lost_database_gives_new_jobs_fresh_ids(make_daemon):
     old, new, _ = _lose_database_and_run_a_job(make_daemon)
     assert new.job_id != old.job_id and new.status == "completed"
+
+
+def test_today_is_the_utc_day_and_changes_at_utc_midnight(monkeypatch):
+    """today() formats the day once per day: it must still turn over at UTC midnight."""
+    from datetime import datetime, timezone
+    midnight = datetime(2026, 11, 26, tzinfo=timezone.utc).timestamp()
+    for now, day in ((midnight - 0.001, "20261125"), (midnight, "20261126"),
+                     (midnight - 86400 * 365, "20251126")):
+        monkeypatch.setattr(labd.ids.time, "time", lambda now=now: now)
+        assert labd.ids.today() == day
