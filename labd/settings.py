@@ -145,9 +145,9 @@ class Settings(BaseModel):
     fit_threads: int = Field(1, ge=1)
     # who builds and writes the data files (labd/data_writer.py): "process", a child
     # process on a core of its own (jobs that come faster than their files are written
-    # drain twice as fast), "thread", a thread of labd's (a busy second process slowed
-    # the board's next acquisition on a 2-core machine), or "auto": the process when
-    # labd may use 4 or more CPUs
+    # drain twice as fast), "thread", labd's save and analysis threads (a busy second
+    # process slowed the board's next acquisition on a 2-core machine), or "auto": the
+    # process when labd may use 4 or more CPUs
     data_writer: Literal["auto", "process", "thread"] = "auto"
     max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
     max_connections: int = Field(4096, ge=8)
