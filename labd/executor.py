@@ -4,7 +4,7 @@ programs while the job before it still acquires. The board thread owns the hardw
 for acquisition: it takes the prepared job the moment the previous acquisition ends (no
 round trip through the event loop), applies the pre-job setpoint and acquires. The raw
 data then go to the save thread, which describes the job and hands the data file to the
-data writer (labd/data_writer.py: a child process, or a thread on a small machine); only
+data writer (labd/data_writer.py: a child process, or on a small machine this thread); only
 once the file is durable under its final name does the job go to the analysis thread,
 which fits and hands the results to the writer in turn (fits wait while the board's next
 jobs are made ready: the board must not wait). A helper thread does the board thread's
