@@ -95,8 +95,9 @@ class DataWriter:
 
     def start(self) -> None:
         """Start the child ahead of the first write (it takes ~0.3 s to import h5py)."""
-        with self._lock:
-            self._current()
+        if self.process:
+            with self._lock:
+                self._current()
 
     def write_raw(self, then: Then, path: Path, data: dict[str, Any], config: dict[str, Any],
                   meta: dict[str, Any], configs: dict[str, Any], analysis: str) -> None:
@@ -107,19 +108,17 @@ class DataWriter:
         self._submit(then, "add_results", path, results, analysis_error)
 
     def _submit(self, then: Then, fn: str, *args: Any) -> None:
-        if not self.process:   # written now, by the calling thread
-            then(_error_of(_own_write, fn, args, False))
-            return
-        try:
-            request: bytes | None = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
-        except Exception:   # not picklable (an odd metadata value): labd writes it
-            request = None
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self._queue(_Write(fn, args, then, None), request)
-        if closed:   # (after shutdown: labd writes it, now)
-            then(_error_of(_own_write, fn, args, False))
+        if self.process:
+            try:
+                request: bytes | None = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
+            except Exception:   # not picklable (an odd metadata value): labd writes it
+                request = None
+            with self._lock:
+                if not self._closed:
+                    self._queue(_Write(fn, args, then, None), request)
+                    return
+        # the thread writer, or after close: written now, by the calling thread
+        then(_error_of(_own_write, fn, args, False))
 
     def _queue(self, w: _Write, request: bytes | None) -> None:
         """Queue a write (and send it to the child, if there is one): under the lock."""
@@ -137,8 +136,6 @@ class DataWriter:
 
     def _current(self) -> _Child | None:
         """The live child (started if needed), or None while labd writes itself."""
-        if not self.process:   # (start() of a thread writer)
-            return None
         if self._child is not None and not self._child.dead:
             return self._child
         if time.monotonic() - self._failed_at < RESTART_AFTER_S:
