@@ -107,3 +107,26 @@ def test_every_filter_combination_matches_a_brute_force_filter(make_daemon):
                         assert [j["job_id"] for j in got] == want[:limit], (params, limit)
                     checked += bool(want)
     assert checked > 500      # most combinations select jobs: the data exercises them
+
+
+def test_jobs_submitted_after_a_job_stamped_ahead_keep_since_exact(make_daemon):
+    """The daemon stamps created_max on its inserts itself: after a restart it continues
+    from the stored rows' running max, so a job stamped ahead of the clock (before a clock
+    correction) stays findable by `since` once newer-numbered jobs come in behind it."""
+    ahead = datetime.now(timezone.utc) + timedelta(days=1)
+    d = make_daemon(start=False)
+    d.state_dir.mkdir(parents=True)
+    db_path = d.state_dir / "labd.sqlite3"
+    jobs = fill(db_path, [T0, ahead], random.Random(1))
+    d.start()
+    with Client(d.socket) as c:
+        c.pause()
+        new = [c.submit("NoOpExperiment", "experiments.diagnostics.noop") for _ in range(3)]
+        got = c.call("history", since=iso(ahead - timedelta(hours=1)))["jobs"]
+        assert [j["job_id"] for j in got] == [jobs[-1]["job_id"]]
+        assert {j["job_id"] for j in c.call("history", limit=10)["jobs"]} >= set(new)
+    d.close()
+    db = sqlite3.connect(db_path)
+    stamps = dict(db.execute("SELECT job_id, created_max FROM jobs"))
+    db.close()
+    assert [stamps[j] for j in new] == [iso(ahead)] * 3

@@ -370,7 +370,7 @@ class Scheduler:
         calibration_ops += [Store.set_not_preemptible(j["job_id"]) for j in jobs
                             if j.get("preemptible") is False]   # (#16)
         try:
-            await self.store.write(*Store.insert_jobs(jobs), *calibration_ops)
+            await self.store.write(*self.store.insert_jobs(jobs), *calibration_ops)
         except StoreError as exc:
             self._release(peer.uid, len(jobs))
             raise Unavailable(f"job not accepted: {exc}") from None
