@@ -188,19 +188,19 @@ class ExperimentLoader:
         """Re-execute the package's changed modules and everything importing them,
         dependencies first, so the next job runs the edited code.
 
-        On the event loop (submits), one scan serves every request handled in the same
-        loop iteration: all of them arrived before it began, so they see the package as
-        of after their arrival, as with a scan each (16 stat calls, each a GIL hand-off:
-        most of a submit's time on the loop under 16 clients). The flag is cleared by a
-        callback that runs before anything the next iteration reads. Other threads (the
-        prepare thread) always scan."""
+        On the event loop (submits), the scan is a quick one (see PackageHasher), and one
+        serves every request handled in the same loop iteration: all of them arrived
+        before it began, so they see the package as of after their arrival, as with a
+        scan each (each a system call, a GIL hand-off). The flag is cleared by a callback
+        that runs before anything the next iteration reads. Other threads (the prepare
+        thread) always scan in full."""
         loop = _running_loop()
         if loop is not None:
             if pkg.scanned_in is loop:
                 return
             pkg.scanned_in = loop
             loop.call_soon(setattr, pkg, "scanned_in", None)
-        state = pkg.hasher.scan()
+        state = pkg.hasher.scan(quick=loop is not None)
         if state is pkg.state:
             return
         old, pkg.state = pkg.state, state

@@ -7,11 +7,15 @@ HEAD/index, never per job. HEAD and refs are read from ``.git`` directly."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .dir_watch import DirWatch
 
 FileId = tuple[int, int, int]  # mtime_ns, size, inode
 
@@ -31,24 +35,58 @@ class PackageHasher:
 
     A scan with nothing changed costs one stat per directory and per file: the tree is
     walked again only when a directory's identity changed (a file added, removed or
-    replaced by an editor's rename)."""
+    replaced by an editor's rename). A quick scan (a submit's, on the event loop) costs
+    one read of an inotify queue instead, while the watch saw nothing and the last full
+    scan is under QUICK_MAX_AGE_S old: that bounds how late it notices a change inotify
+    cannot see (a file edited from another NFS client). Jobs always run after a full scan."""
+
+    QUICK_MAX_AGE_S = 1.0
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._dirs: dict[str, FileId] = {}
         self._paths: dict[str, str] = {}                # relative -> absolute path
         self._files: dict[str, tuple[FileId, str]] = {}
+        self._watch: DirWatch | None = None
+        self._full_at = -math.inf                       # monotonic start of the last full scan
         self.state: PackageState | None = None
 
     def _walk(self) -> None:
+        """Every directory is watched, then its identity taken, then listed: a change
+        after any of these steps is caught by the next one or by the next scan."""
+        if self._watch is not None:
+            self._watch.close()
+        try:
+            self._watch = DirWatch()
+        except OSError:
+            self._watch = None
         self._dirs, self._paths = {}, {}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-            self._dirs[dirpath] = file_id(os.stat(dirpath))
-            for name in filenames:
-                if name.endswith(".py"):
-                    path = os.path.join(dirpath, name)
-                    self._paths[os.path.relpath(path, self.root)] = path
+        todo = [str(self.root)]
+        while todo:
+            d = todo.pop()
+            try:
+                self._watch_dir(d)
+                self._dirs[d] = file_id(os.stat(d))
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue   # gone meanwhile: its parent's identity changed
+            for e in entries:
+                if e.is_dir():
+                    if e.name != "__pycache__" and not e.is_symlink():
+                        todo.append(e.path)
+                elif e.name.endswith(".py"):
+                    self._paths[os.path.relpath(e.path, self.root)] = e.path
+
+    def _watch_dir(self, d: str) -> None:
+        if self._watch is None:
+            return
+        try:
+            self._watch.add(d)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            self._watch.close()   # out of watches (ENOSPC): every scan stats, as before
+            self._watch = None
 
     def _dirs_changed(self) -> bool:
         try:
@@ -57,7 +95,13 @@ class PackageHasher:
         except FileNotFoundError:
             return True
 
-    def scan(self) -> PackageState:
+    def scan(self, quick: bool = False) -> PackageState:
+        changed = self._watch is None or self._watch.changed()   # consumed before the stats
+        now = time.monotonic()
+        if quick and not changed and self.state is not None \
+                and now - self._full_at < self.QUICK_MAX_AGE_S:
+            return self.state
+        self._full_at = now
         if self._dirs_changed():
             self._walk()
         files: dict[str, str] = {}

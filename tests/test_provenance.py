@@ -4,6 +4,7 @@ subprocess."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -88,7 +89,7 @@ async def test_on_the_loop_one_scan_serves_an_iteration_and_the_next_sees_an_edi
     scans = []
     real_scan = PackageHasher.scan
     monkeypatch.setattr(PackageHasher, "scan",
-                        lambda self: (scans.append(1), real_scan(self))[1])
+                        lambda self, quick=False: (scans.append(1), real_scan(self, quick))[1])
     loader.load("labprov3.t1", "T1Experiment")
     scans.clear()
     loader.load("labprov3.t1", "T1Experiment")
@@ -114,6 +115,72 @@ def test_package_hash_rereads_only_changed_files(tmp_path, monkeypatch):
     assert [Path(p).name for p in opened] == ["t1.py"]
     assert second.sha256 != first.sha256
     assert second.files["common.py"] == first.files["common.py"]
+
+
+def counting_stats(monkeypatch) -> list[str]:
+    stats, real_stat = [], os.stat
+    monkeypatch.setattr("labd.provenance.os.stat",
+                        lambda p, *a, **k: (stats.append(p), real_stat(p, *a, **k))[1])
+    return stats
+
+
+def test_quick_scan_costs_no_stat_and_still_sees_every_kind_of_change(tmp_path, monkeypatch):
+    """(#14) A submit's quick scan reads the inotify queue instead of stat-ing every file,
+    and sees at once (no sleep, no settle time) an edit in place, an editor's save by
+    rename, a new module, a new subpackage, a deletion."""
+    pkg = copy_package(tmp_path)
+    hasher = PackageHasher(pkg)
+    state = hasher.scan()
+    stats = counting_stats(monkeypatch)
+    assert hasher.scan(quick=True) is state and stats == []
+
+    def changed_by(edit) -> None:
+        nonlocal state
+        edit()
+        new = hasher.scan(quick=True)
+        assert new is not state and stats != []
+        state = new
+        stats.clear()
+        assert hasher.scan(quick=True) is state and stats == []
+
+    t1 = pkg / "t1.py"
+    changed_by(lambda: t1.write_text(t1.read_text() + "\n# edited\n"))
+    tmp = pkg / ".t1.py.swp"
+    tmp.write_text(t1.read_text() + "\n# saved by rename\n")
+    changed_by(lambda: os.replace(tmp, t1))
+    changed_by(lambda: (pkg / "new_mod.py").write_text("X = 1\n"))
+    changed_by(lambda: ((pkg / "sub").mkdir(), (pkg / "sub" / "__init__.py").write_text("")))
+    assert "sub/__init__.py" in state.files
+    changed_by(lambda: (pkg / "sub" / "deep.py").write_text("Y = 2\n"))
+    assert "sub/deep.py" in state.files
+    changed_by(lambda: (pkg / "new_mod.py").unlink())
+    assert "new_mod.py" not in state.files
+
+
+def test_quick_scan_stats_in_full_without_inotify_and_at_least_once_a_second(
+        tmp_path, monkeypatch):
+    """A change inotify does not report (made on another NFS client) is seen by a quick
+    scan once the last full scan is QUICK_MAX_AGE_S old; without inotify every scan is a
+    full one."""
+    pkg = copy_package(tmp_path)
+    hasher = PackageHasher(pkg)
+    first = hasher.scan()
+    t1 = pkg / "t1.py"
+    t1.write_text(t1.read_text() + "\n# from elsewhere\n")
+    assert hasher._watch is not None and hasher._watch.changed()   # the event, hidden
+    now = time.monotonic()
+    monkeypatch.setattr("labd.provenance.time.monotonic", lambda: now)
+    assert hasher.scan(quick=True) is first
+    now += PackageHasher.QUICK_MAX_AGE_S
+    assert hasher.scan(quick=True).sha256 != first.sha256
+
+    def no_inotify():
+        raise OSError("no inotify here")
+    monkeypatch.setattr("labd.provenance.DirWatch", no_inotify)
+    hasher = PackageHasher(pkg)
+    first = hasher.scan()
+    t1.write_text(t1.read_text() + "\n# again\n")
+    assert hasher.scan(quick=True).sha256 != first.sha256
 
 
 def test_git_revision_says_dirty_for_the_package_and_is_cached(tmp_path, monkeypatch):
