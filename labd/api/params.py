@@ -60,19 +60,20 @@ class SubmitParams(_P):
     """What a client may say about a new job."""
     experiment_class: str = Field(pattern=CLASS_RE)
     experiment_module: str = Field(pattern=MODULE_RE, max_length=256)
-    experiment_config: dict[str, Any] = {}
+    # default_factory: pydantic deep-copies a literal mutable default on every submit
+    experiment_config: dict[str, Any] = Field(default_factory=dict)
     user: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
     priority: int | None = Field(None, ge=-(2**31), le=2**31)
     time_limit_s: float | None = Field(None, gt=0, le=10**9)
-    config_versions: dict[str, VersionId] = {}   # type name -> pinned version ID
-    inline_configs: dict[str, Content] = {}      # type name -> content, snapshotted on submit
+    config_versions: dict[str, VersionId] = Field(default_factory=dict)   # type -> version
+    inline_configs: dict[str, Content] = Field(default_factory=dict)   # snapshotted on submit
     after: JobId | None = None                   # run only once that job completed
     not_before: UtcTime | None = None            # timezone-aware; do not start earlier
     hold: bool = False                           # queue it held; release to let it run
     # calibration (issue #13): update main from the fit; keys that must be fresh
     update_main: bool = False
     fresh: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        [], max_length=64)
+        default_factory=list, max_length=64)
     # (issue #16) False: never preempted automatically (an admin still may)
     preemptible: bool = True
 
