@@ -16,6 +16,7 @@ MASK = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
 class DirWatch:
     def __init__(self) -> None:
         """Raises OSError where inotify is not available (not Linux, out of instances)."""
+        self.fd = -1
         try:
             self._libc = ctypes.CDLL(None, use_errno=True)
             fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
