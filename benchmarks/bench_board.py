@@ -7,9 +7,12 @@ JSON object; every figure has the physical floor measured in the same run beside
   (``--mock-speed``, default 0.005 x a real board: ~8 ms for these sweeps), so the next
   job can be prepared meanwhile, as on hardware; floor: one thread handing an item to
   another through a queue (what the board thread's hand-off can cost at least).
+  Beside each gap: how long the files of those acquisitions took to be durable after the
+  last one ended (the data files' lag behind the board).
 - drain: mock T1 jobs per second with data files and fits, with the data writer this
-  machine gets by default (``data_writer`` "auto": a thread below 4 CPUs) and with the
-  child process; beside it, a mock Rabi's idle gap with the child process (on a 2-core
+  machine gets by default (``data_writer`` "auto": "when_behind" below 4 CPUs, labd's
+  threads and the child while the files lag) and with the child process; beside it, a
+  mock Rabi's idle gap with the child process and with the threads alone (on a 2-core
   machine a second busy process delays the board: see labd/data_writer.py).
 - submit latency with the sync Client, next to a minimal asyncio server on this machine
   that commits the same row (WAL, synchronous=FULL) before replying; beside it the same
@@ -223,7 +226,8 @@ def gap_run(out: dict, exp: tuple, depth: int, measured: int, speed: float,
     """The board's idle gaps over ``measured`` acquisitions, ``depth`` jobs queued."""
     with daemon(mock_speed=speed, **settings) as d, Client(d.socket, timeout=600) as c:
         c.pause()
-        for left in range(depth, 0, -10_000):
+        first = c.submit_batch([spec(exp)] * min(depth, 10_000))["job_ids"]
+        for left in range(depth - 10_000, 0, -10_000):
             c.submit_batch([spec(exp)] * min(left, 10_000))
         key = f"{exp[0]}@{depth}" + "".join(f" {k}={v}" for k, v in settings.items())
         if depth >= 1_000_000:
@@ -236,11 +240,14 @@ def gap_run(out: dict, exp: tuple, depth: int, measured: int, speed: float,
         while c.call("board_stats")["acquisitions"] - before < n:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        acquire_rate = n / (time.perf_counter() - t)
+        acquired = time.perf_counter()
+        acquire_rate = n / (acquired - t)
         c.pause()
         gaps = c.call("board_stats")["idle_gaps_ms"][-(n - 1):]
+        c.wait(first[n - 1], timeout=600)   # (pending jobs run in the order submitted)
         out[f"idle_gap_ms {key}"] = stats(gaps)
         out[f"acquisitions_per_s {key}"] = round(acquire_rate)
+        out[f"files_lag_s {key}"] = round(time.perf_counter() - acquired, 2)
 
 
 def phase_gaps(out: dict, depths: list[int], measured: int, speed: float) -> None:
@@ -251,9 +258,10 @@ def phase_gaps(out: dict, depths: list[int], measured: int, speed: float) -> Non
     for exp in (T1, RABI, SLOW_FIT):
         for depth in depths:
             gap_run(out, exp, depth, measured, speed)
-    gap_run(out, RABI, depths[-1], measured, speed, data_writer="process")
-    from labd.data_writer import use_process
-    out["data_writer"] = "process" if use_process("auto") else "thread"
+    for writer in ("process", "thread"):
+        gap_run(out, RABI, depths[-1], measured, speed, data_writer=writer)
+    from labd.data_writer import writer_mode
+    out["data_writer"] = writer_mode("auto")
     for writer, key in (("auto", ""), ("process", " data_writer=process")):
         with daemon(data_writer=writer) as d, Client(d.socket, timeout=600) as c:  # drain
             c.pause()

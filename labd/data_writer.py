@@ -10,8 +10,13 @@ acquisitions), the child writes them on a core of its own: mock T1 jobs drained 
 190-250/s instead of 110-145/s. Why not always: on a 2-core machine a second busy process
 slowed the board's next acquisition (idle gap p99 of a mock Rabi: 3.5-4 ms instead of
 1.3-1.6; so did a CPU burner at nice 19: it is the machine, not the priority).
-``use_process`` decides by the ``data_writer`` setting. The child keeps each raw file it
-wrote open in memory until its results are added, so the file is not read back for them.
+So on such a machine (``data_writer = "auto"`` below 4 CPUs: "when_behind") labd's threads
+write the files while they keep up with the board, and the child takes them only once the
+files fall behind (``behind()``: a backlog of acquisitions waiting to be saved), until
+they catch up: the second core is spent only when the files, not the board, are what the
+queue waits for. ``writer_mode`` decides by the ``data_writer`` setting. The child keeps
+each raw file it wrote open in memory until its results are added, so the file is not read
+back for them.
 
 The child is a plain ``python -m labd.data_writer FD``: it inherits nothing but one end of
 a socket pair, ignores SIGINT and SIGTERM from birth (labd's shutdown decides when saving
@@ -42,6 +47,9 @@ log = logging.getLogger(__name__)
 
 RESTART_AFTER_S = 10.0   # after a child failed, labd writes the files itself this long
 MIN_CPUS_FOR_PROCESS = 4   # data_writer = "auto": the child when labd may use this many
+BEHIND_LINGER_S = 1.0      # "when_behind": the child takes the writes this long after the
+                           # last sign that the files lag (and until it answered them all)
+BEHIND_LOG_EVERY_S = 600.0  # a long drain of short jobs lags again every second or two
 KEEP_OPEN = 256                    # raw files the child keeps in memory for their results,
 KEEP_OPEN_BYTES = 64 * 1024 * 1024  # the newest ones, up to this size together
 
@@ -66,18 +74,27 @@ class _Write:
     child: _Child | None    # None: labd writes it itself
 
 
-def use_process(setting: str) -> bool:
-    """The ``data_writer`` setting: "process", "thread" or "auto"."""
-    return setting == "process" or \
-        setting == "auto" and len(os.sched_getaffinity(0)) >= MIN_CPUS_FOR_PROCESS
+def writer_mode(setting: str) -> str:
+    """The ``data_writer`` setting ("process", "thread", "when_behind" or "auto") as the
+    mode a DataWriter takes: "auto" is the child with 4 or more CPUs, else "when_behind"."""
+    if setting != "auto":
+        return setting
+    return "process" if len(os.sched_getaffinity(0)) >= MIN_CPUS_FOR_PROCESS \
+        else "when_behind"
 
 
 class DataWriter:
     """Writes data files in order, fed by the executor's threads in turn: by a child
-    process if ``process``, else at once by the thread that hands the write over."""
+    process (mode "process"; "when_behind" while ``behind()`` said so recently), else at
+    once by the thread that hands the write over."""
 
-    def __init__(self, process: bool = True) -> None:
-        self.process = process
+    def __init__(self, mode: str = "process") -> None:
+        self.mode = mode
+        self.process = mode != "thread"   # a child is started (and may be used)
+        self._child_until = -1.0   # "when_behind": the child takes writes until then
+        self._behind_logged = -BEHIND_LOG_EVERY_S
+        self._queued = 0     # writes queued (under _lock) and, of them, those whose
+        self._finished = 0   # continuation has run (by the reader thread alone)
         self._lock = threading.Lock()    # the order writes are queued is the order sent
         self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._child: _Child | None = None
@@ -107,8 +124,26 @@ class DataWriter:
                     analysis_error: str | None) -> None:
         self._submit(then, "add_results", path, results, analysis_error)
 
+    def behind(self) -> None:
+        """The files lag the board ("when_behind": the child takes the next writes)."""
+        if self.mode == "when_behind":
+            now = time.monotonic()
+            if now - self._behind_logged >= BEHIND_LOG_EVERY_S:
+                self._behind_logged = now
+                log.info("data files fall behind the board: the data writer child "
+                         "writes them until they catch up (logged once in %g s)",
+                         BEHIND_LOG_EVERY_S)
+            self._child_until = now + BEHIND_LINGER_S
+
+    def _to_child(self) -> bool:
+        """Whether this write goes to the child: always in mode "process"; in mode
+        "when_behind" while the files lag, and while writes queued for it are unanswered
+        (so the continuations run in the order the writes were handed over)."""
+        return self.mode == "process" or self.mode == "when_behind" and (
+            time.monotonic() < self._child_until or self._queued != self._finished)
+
     def _submit(self, then: Then, fn: str, *args: Any) -> None:
-        if self.process:
+        if self._to_child():
             try:
                 request: bytes | None = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
             except Exception:   # not picklable (an odd metadata value): labd writes it
@@ -127,6 +162,7 @@ class DataWriter:
                                             daemon=True)
             self._reader.start()
         w.child = child = self._current() if request is not None else None
+        self._queued += 1
         self._writes.put(w)
         if child is not None:
             try:
@@ -196,6 +232,7 @@ class DataWriter:
                 w.then(error)
             except BaseException:   # the next writes' continuations must still run
                 log.exception("data writer: continuation of %s failed", w.fn)
+            self._finished += 1
 
     def _close_older(self, gen: int) -> None:
         """A write for child ``gen`` comes after every write for the ones before it, and

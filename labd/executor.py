@@ -4,7 +4,8 @@ programs while the job before it still acquires. The board thread owns the hardw
 for acquisition: it takes the prepared job the moment the previous acquisition ends (no
 round trip through the event loop), applies the pre-job setpoint and acquires. The raw
 data then go to the save thread, which describes the job and hands the data file to the
-data writer (labd/data_writer.py: a child process, or on a small machine this thread); only
+data writer (labd/data_writer.py: a child process, or on a small machine this thread
+until the files lag the board); only
 once the file is durable under its final name does the job go to the analysis thread,
 which fits and hands the results to the writer in turn (fits wait while the board's next
 jobs are made ready: the board must not wait). A helper thread does the board thread's
@@ -38,7 +39,7 @@ from experiments.base import Experiment, Stopped
 from . import __version__, data_file
 from .checkpoint import Checkpoint, Preempted, SafePoints, checkpoint_path
 from .checkpoint import remove as remove_checkpoint
-from .data_writer import DataWriter, use_process
+from .data_writer import DataWriter, writer_mode
 from .experiment_loader import ExperimentLoader
 from .hardware.setpoint import Setpoint
 from .job_log import JobLog, LogRouter
@@ -51,6 +52,7 @@ job_log = logging.getLogger("labd.job")
 
 
 PREPARE_FIRST_S = 1.0            # how long a fit waits for the board's next jobs to be ready
+FILES_BEHIND_JOBS = 4   # acquisitions waiting to be saved: the data files lag the board
 
 
 class Readying:
@@ -367,7 +369,7 @@ class Executor:
         self._to_fit: queue.SimpleQueue = queue.SimpleQueue()
         self._io: queue.SimpleQueue = queue.SimpleQueue()
         self.readying = Readying()
-        self.files = DataWriter(use_process(data_writer))
+        self.files = DataWriter(writer_mode(data_writer))
         self._files_started = False
         self._thread = threading.Thread(target=self._loop, name="labd-board", daemon=True)
         self._thread.start()
@@ -762,6 +764,8 @@ class Executor:
     def _save(self, acq: Acquired, done: Future) -> None:
         """Hand the raw data to the data writer; ``_saved`` goes on once they are durable
         (meanwhile this thread describes the next job)."""
+        if self._to_save.qsize() >= FILES_BEHIND_JOBS:
+            self.files.behind()
         out = Outcome(EndReason.ERROR, module_sha256=acq.loaded.sha256,
                       module_git_rev=acq.loaded.git_rev())
         merged, meta = self._describe(acq)

@@ -146,9 +146,10 @@ class Settings(BaseModel):
     # who builds and writes the data files (labd/data_writer.py): "process", a child
     # process on a core of its own (jobs that come faster than their files are written
     # drain twice as fast), "thread", labd's save and analysis threads (a busy second
-    # process slowed the board's next acquisition on a 2-core machine), or "auto": the
-    # process when labd may use 4 or more CPUs
-    data_writer: Literal["auto", "process", "thread"] = "auto"
+    # process slowed the board's next acquisition on a 2-core machine), "when_behind":
+    # the threads, and the child while the files lag the board; "auto": the process when
+    # labd may use 4 or more CPUs, else "when_behind"
+    data_writer: Literal["auto", "process", "thread", "when_behind"] = "auto"
     max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
     max_connections: int = Field(4096, ge=8)
     schedule_min_every_s: float = Field(60.0, gt=0)   # shortest period of a schedule

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def test_files_are_written_by_the_child_in_order(writer, tmp_path):
 
 
 def test_a_thread_writer_writes_in_order_with_no_child(tmp_path):
-    w = DataWriter(process=False)
+    w = DataWriter("thread")
     w.start()
     try:
         c = Continuations()
@@ -86,11 +87,75 @@ def test_a_thread_writer_writes_in_order_with_no_child(tmp_path):
         w.close()
 
 
-@pytest.mark.parametrize("setting,cpus,process", [
-    ("process", 2, True), ("thread", 64, False), ("auto", 2, False), ("auto", 4, True)])
-def test_which_writer_the_setting_picks(monkeypatch, setting, cpus, process):
+@pytest.mark.parametrize("setting,cpus,mode", [
+    ("process", 2, "process"), ("thread", 64, "thread"), ("when_behind", 64, "when_behind"),
+    ("auto", 2, "when_behind"), ("auto", 4, "process")])
+def test_which_writer_the_setting_picks(monkeypatch, setting, cpus, mode):
     monkeypatch.setattr(data_writer.os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    assert data_writer.use_process(setting) is process
+    assert data_writer.writer_mode(setting) == mode
+
+
+def test_when_behind_the_child_writes_only_while_the_files_lag(tmp_path):
+    """Mode "when_behind" (a small machine's default): labd's threads write while the
+    files keep up; after ``behind()`` the child takes the writes for BEHIND_LINGER_S and
+    until it has answered them all, then the calling threads write again."""
+    w = DataWriter("when_behind")
+    w.start()
+    try:
+        assert w.pid is not None   # started ahead, used only when behind
+        writers: list[str] = []
+        done = threading.Event()
+        release = threading.Event()   # raw1's continuation waits: the child's writes
+        # are unanswered until the test says
+
+        def then(tag: str, last: bool = False):
+            def run(error: BaseException | None) -> None:
+                assert error is None
+                if tag == "raw1":
+                    release.wait(30)
+                writers.append(f"{tag}:{threading.current_thread().name}")
+                if last:
+                    done.set()
+            return run
+
+        me = threading.current_thread().name
+        w.write_raw(then("raw0"), *raw_args(tmp_path / "J0.h5", "J0"))
+        assert writers == [f"raw0:{me}"]          # written at once, by this thread
+        w.behind()
+        for i in (1, 2, 3):
+            w.write_raw(then(f"raw{i}"), *raw_args(tmp_path / f"J{i}.h5", f"J{i}"))
+        w._child_until = 0.0   # BEHIND_LINGER_S later: the lag is over, but the child has
+        w.add_results(then("fit1", last=True), tmp_path / "J1.h5", {"t1": 1.0}, None)
+        release.set()                             # not answered all: it takes this one
+        assert done.wait(30)
+        assert writers[1:] == [f"raw{i}:labd-files" for i in (1, 2, 3)] + ["fit1:labd-files"]
+        for _ in range(3000):   # (the reader counts fit1 answered once its continuation
+            if w._queued == w._finished:   # has returned)
+                break
+            time.sleep(0.01)
+        w.add_results(then("fit2"), tmp_path / "J2.h5", {"t1": 2.0}, None)
+        assert writers[-1] == f"fit2:{me}"         # caught up: this thread again
+        for i in range(3):
+            loaded = data_file.load(tmp_path / f"J{i}.h5")
+            assert loaded["attrs"]["job_id"] == f"J{i}"
+        assert data_file.load(tmp_path / "J2.h5")["data"]["t1"] == 2.0
+    finally:
+        w.close()
+
+
+def test_behind_changes_nothing_for_a_thread_or_process_writer(tmp_path):
+    me = threading.current_thread().name
+    for mode, expect in (("thread", me), ("process", "labd-files")):
+        w = DataWriter(mode)
+        try:
+            ran = []
+            got = threading.Event()
+            w.behind()
+            w.write_raw(lambda e: (ran.append(threading.current_thread().name), got.set()),
+                        *raw_args(tmp_path / f"{mode}.h5", mode))
+            assert got.wait(30) and ran == [expect]
+        finally:
+            w.close()
 
 
 def test_errors_come_back_with_their_type(writer, tmp_path):

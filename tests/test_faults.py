@@ -111,7 +111,7 @@ def test_data_writer_killed_jobs_still_complete_with_their_files(make_daemon):
 
 
 def test_thread_data_writer_writes_the_files_itself(make_daemon):
-    """data_writer = "thread" (what "auto" picks below 4 CPUs): no child process."""
+    """data_writer = "thread": no child process."""
     import psutil
     d = make_daemon(data_writer="thread")
     with Client(d.socket) as c:
@@ -122,6 +122,26 @@ def test_thread_data_writer_writes_the_files_itself(make_daemon):
             assert f.attrs["analysis"] == "done" and "T1" in f
         assert c.health()["data_writer_pid"] is None
         assert psutil.Process(d.proc.pid).children() == []
+
+
+def test_when_behind_files_that_lag_the_board_go_to_the_child(make_daemon):
+    """data_writer = "when_behind" (what "auto" picks below 4 CPUs): a queue of quick
+    acquisitions outruns the save thread's files, and the child takes them until they
+    catch up; every job completes with its file and fit."""
+    d = make_daemon(data_writer="when_behind")
+    t1 = {"experiment_class": "T1Experiment", "experiment_module":
+          "experiments.single_qubit.t1", "experiment_config": {"expts": 20, "reps": 10}}
+    with Client(d.socket) as c:
+        c.pause()
+        batch = c.submit_batch([t1] * 40)
+        c.resume()
+        for job_id in batch["job_ids"]:
+            job = c.wait(job_id, timeout=120)
+            assert job.is_successful(), job.error_message
+            with h5py.File(job.data_file_path) as f:
+                assert f.attrs["analysis"] == "done" and "T1" in f
+        assert "data files fall behind the board" in d.log()
+        assert c.health()["data_writer_pid"] is not None
 
 
 def test_disk_full_fails_job_clearly_and_daemon_survives(make_daemon, tiny_fs):
