@@ -5,13 +5,12 @@ for acquisition: it takes the prepared job the moment the previous acquisition e
 round trip through the event loop), applies the pre-job setpoint and acquires. The raw
 data then go to the save thread, which describes the job and hands the data file to the
 data writer (labd/data_writer.py: a child process, or on a small machine this thread
-until the files lag the board); only
-once the file is durable under its final name does the job go to the analysis thread,
-which fits and hands the results to the writer in turn (fits wait while the board's next
-jobs are made ready: the board must not wait). A helper thread does the board thread's
-side effects (log writes, waking the event loop), so between two acquisitions it makes no
-system call. None of them touches the database: the scheduler records the start and the
-outcome."""
+while the files keep up with the board); only once the file is durable under its final
+name does the job go to the analysis thread, which fits and hands the results to the
+writer in turn (fits wait while the board's next jobs are made ready: the board must not
+wait). A helper thread does the board thread's side effects (log writes, waking the event
+loop), so between two acquisitions it makes no system call. None of them touches the
+database: the scheduler records the start and the outcome."""
 from __future__ import annotations
 
 import contextlib
