@@ -90,7 +90,6 @@ class DataWriter:
 
     def __init__(self, mode: str = "process") -> None:
         self.mode = mode
-        self.process = mode != "thread"   # a child is started (and may be used)
         self._child_until = -1.0   # "when_behind": the child takes writes until then
         self._behind_logged = -BEHIND_LOG_EVERY_S
         self._queued = 0     # writes queued (under _lock) and, of them, those whose
@@ -106,13 +105,18 @@ class DataWriter:
         self._dead_lock = threading.Lock()  # (the sender and the reader both find out)
 
     @property
+    def has_child(self) -> bool:
+        """A child is started ahead of the first write (and may take writes)."""
+        return self.mode != "thread"
+
+    @property
     def pid(self) -> int | None:
         child = self._child
         return child.proc.pid if child is not None and not child.dead else None
 
     def start(self) -> None:
         """Start the child ahead of the first write (it takes ~0.3 s to import h5py)."""
-        if self.process:
+        if self.has_child:
             with self._lock:
                 self._current()
 

@@ -394,7 +394,7 @@ class Executor:
     def warm_up(self) -> None:
         """A job is queued: the data writer starts now (it imports h5py, ~0.3 s), not
         while the first save waits for it. (On the helper thread: not the loop's.)"""
-        if not self._files_started and self.files.process:
+        if not self._files_started and self.files.has_child:
             self._files_started = True
             self.later(self.files.start)
 

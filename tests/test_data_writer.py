@@ -23,16 +23,19 @@ def raw_args(path: Path, job_id: str, analysis: str = "pending") -> tuple:
 
 
 class Continuations:
-    """Records each write's continuation: (tag, error), in the order they ran."""
+    """Records each write's continuation: (tag, error), in the order they ran, and the
+    thread that ran it."""
 
     def __init__(self) -> None:
         self.ran: list[tuple[str, BaseException | None]] = []
+        self.threads: list[str] = []
         self.done = threading.Event()
         self.hooks: dict[str, callable] = {}
 
     def then(self, tag: str, last: bool = False):
         def run(error: BaseException | None) -> None:
             self.ran.append((tag, error))
+            self.threads.append(threading.current_thread().name)
             if tag in self.hooks:
                 self.hooks[tag]()
             if last:
@@ -103,38 +106,28 @@ def test_when_behind_the_child_writes_only_while_the_files_lag(tmp_path):
     w.start()
     try:
         assert w.pid is not None   # started ahead, used only when behind
-        writers: list[str] = []
-        done = threading.Event()
+        c = Continuations()
         release = threading.Event()   # raw1's continuation waits: the child's writes
-        # are unanswered until the test says
-
-        def then(tag: str, last: bool = False):
-            def run(error: BaseException | None) -> None:
-                assert error is None
-                if tag == "raw1":
-                    release.wait(30)
-                writers.append(f"{tag}:{threading.current_thread().name}")
-                if last:
-                    done.set()
-            return run
-
+        c.hooks["raw1"] = lambda: release.wait(30)   # are unanswered until the test says
         me = threading.current_thread().name
-        w.write_raw(then("raw0"), *raw_args(tmp_path / "J0.h5", "J0"))
-        assert writers == [f"raw0:{me}"]          # written at once, by this thread
+        w.write_raw(c.then("raw0"), *raw_args(tmp_path / "J0.h5", "J0"))
+        assert c.threads == [me]                  # written at once, by this thread
         w.behind()
         for i in (1, 2, 3):
-            w.write_raw(then(f"raw{i}"), *raw_args(tmp_path / f"J{i}.h5", f"J{i}"))
+            w.write_raw(c.then(f"raw{i}"), *raw_args(tmp_path / f"J{i}.h5", f"J{i}"))
         w._child_until = 0.0   # BEHIND_LINGER_S later: the lag is over, but the child has
-        w.add_results(then("fit1", last=True), tmp_path / "J1.h5", {"t1": 1.0}, None)
+        w.add_results(c.then("fit1", last=True), tmp_path / "J1.h5", {"t1": 1.0}, None)
         release.set()                             # not answered all: it takes this one
-        assert done.wait(30)
-        assert writers[1:] == [f"raw{i}:labd-files" for i in (1, 2, 3)] + ["fit1:labd-files"]
+        assert c.done.wait(30)
+        assert c.ran == [(tag, None) for tag in ("raw0", "raw1", "raw2", "raw3", "fit1")]
+        assert c.threads == [me] + ["labd-files"] * 4
         for _ in range(3000):   # (the reader counts fit1 answered once its continuation
             if w._queued == w._finished:   # has returned)
                 break
             time.sleep(0.01)
-        w.add_results(then("fit2"), tmp_path / "J2.h5", {"t1": 2.0}, None)
-        assert writers[-1] == f"fit2:{me}"         # caught up: this thread again
+        w.add_results(c.then("fit2"), tmp_path / "J2.h5", {"t1": 2.0}, None)
+        assert c.ran[-1] == ("fit2", None) and c.threads[-1] == me   # caught up: this
+        # thread again
         for i in range(3):
             loaded = data_file.load(tmp_path / f"J{i}.h5")
             assert loaded["attrs"]["job_id"] == f"J{i}"
@@ -148,12 +141,10 @@ def test_behind_changes_nothing_for_a_thread_or_process_writer(tmp_path):
     for mode, expect in (("thread", me), ("process", "labd-files")):
         w = DataWriter(mode)
         try:
-            ran = []
-            got = threading.Event()
+            c = Continuations()
             w.behind()
-            w.write_raw(lambda e: (ran.append(threading.current_thread().name), got.set()),
-                        *raw_args(tmp_path / f"{mode}.h5", mode))
-            assert got.wait(30) and ran == [expect]
+            w.write_raw(c.then(mode, last=True), *raw_args(tmp_path / f"{mode}.h5", mode))
+            assert c.done.wait(30) and c.ran == [(mode, None)] and c.threads == [expect]
         finally:
             w.close()
 
