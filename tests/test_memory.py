@@ -9,6 +9,11 @@ from labd_client import Client
 
 NOOP = {"experiment_class": "NoOpExperiment", "experiment_module": "experiments.diagnostics.noop"}
 HOG = ("CyclicHog", "labtest_experiments.faults")
+# Above glibc's largest dynamic mmap threshold (32 MB): the hog's array is always a mapping
+# of its own, so freeing it hands back exactly its pages. A 20 MB array came from a thread's
+# malloc arena once the threshold had risen, and where it sat decided how much of it the
+# arena could return: +/- one hog of RSS from allocator placement alone (CI saw +18 MB).
+HOG_MB = 64
 
 
 def rss_mb(pid: int) -> float:
@@ -37,7 +42,7 @@ def test_rss_returns_after_batches_are_drained(make_daemon):
     levels = []
     with Client(d.socket) as c:
         for _ in range(12):
-            hog = c.submit(*HOG, {"size_mb": 20})
+            hog = c.submit(*HOG, {"size_mb": HOG_MB})
             deadline = time.monotonic() + 30
             while c.get(hog).status != "running":
                 assert time.monotonic() < deadline
@@ -48,8 +53,10 @@ def test_rss_returns_after_batches_are_drained(make_daemon):
             assert c.wait(hog, timeout=30).status == "cancelled"
             levels.append(settled_rss_mb(c, d.proc.pid))
         assert c.health()["pending"] == 0
-    # a leak raises every later level; one round's allocator timing can raise just one
-    assert min(levels[-3:]) <= 1.10 * levels[2], levels
+    # Kept garbage (the gc.freeze bug) adds a hog per round: 9 hogs by the end. What may
+    # grow without a leak is bounded and small: the last 10,000 ended jobs' statuses (for
+    # `after`), SQLite's page caches, allocator slack; a few MB here.
+    assert min(levels[-3:]) - levels[2] < HOG_MB / 2, levels
 
 
 def test_pending_records_are_small_and_share_what_they_can():
