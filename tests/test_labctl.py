@@ -72,9 +72,11 @@ def test_exit_codes(labctl, tmp_path):
     labctl("wait", job_id)
     r = labctl("cancel", job_id)
     assert r.returncode == 5 and "already completed" in r.stderr
-    r = labctl("wait", labctl("submit", "experiments.diagnostics.sleep.SleepExperiment",
-                              "-p", "seconds=30").stdout.strip(), "--timeout", "0.2")
+    sleeper = labctl("submit", "experiments.diagnostics.sleep.SleepExperiment",
+                     "-p", "seconds=30").stdout.strip()
+    r = labctl("wait", sleeper, "--timeout", "0.2")
     assert r.returncode == 7
+    labctl("cancel", sleeper)   # the module's daemon is shared: the next tests queue behind it
 
 
 def test_queue_and_cancel(labctl):
