@@ -57,8 +57,14 @@ def format_queue(q: dict[str, Any], max_rows: int | None = None) -> str:
         lines.append(f"WAITING  {len(q['waiting'])}")
         for j in q["waiting"][:max_rows] if max_rows else q["waiting"]:
             lines.append(f"         {j['job_id']:<20}  {j['user'][:16]:<16}  "
-                         f"{j['experiment_class'][:34]:<34}  {j['waiting_for']}")
+                         f"{j['experiment_class'][:34]:<34}  {_waiting_for(j)}")
     return "\n".join(lines)
+
+
+def _waiting_for(j: dict[str, Any]) -> str:
+    """What a waiting job waits for, with the reason when labd held it (a calibration)."""
+    return f"{j['waiting_for']}: {j['hold_reason']}" if j.get("hold_reason") else \
+        j["waiting_for"]
 
 
 def format_job_line(j: JobResult) -> str:
@@ -86,7 +92,7 @@ class QueueView(dict):
             [j["position"], j["job_id"], j["priority"], j["user"], j["experiment_class"],
              fmt_duration(j.get("eta_s"))] for j in self["pending"][:500]])
         waiting = _table(["job", "user", "experiment", "waiting for"], [
-            [j["job_id"], j["user"], j["experiment_class"], j["waiting_for"]]
+            [j["job_id"], j["user"], j["experiment_class"], _waiting_for(j)]
             for j in self.get("waiting", [])]) if self.get("waiting") else ""
         return top + pending + waiting
 

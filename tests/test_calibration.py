@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import html
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +25,7 @@ from experiments.base import CalibrationUpdate
 from labd.executor import Outcome
 from labd.scheduler.states import EndReason
 from labd_client.protocol import Conflict
+from labd_client.views import QueueView
 
 HW = "hardware_config"
 RABI = ("AmplitudeRabiExperiment", "experiments.single_qubit.amplitude_rabi")
@@ -317,6 +321,14 @@ def test_failing_calibration_leaves_the_dependent_held_with_the_reason(make_daem
     assert job["status"] == "pending" and job["held"] and job["started_at"] is None
     assert f"calibration {cal_id} did not refresh its keys ({why}" in job["hold_reason"]
     assert "release it to run anyway" in job["hold_reason"]
+    # and `labctl queue` says why, not only "held"
+    out = subprocess.run([sys.executable, "-m", "labd_client.labctl", "--socket",
+                          str(d.socket), "queue"], capture_output=True, text=True,
+                         timeout=60).stdout
+    [line] = [ln for ln in out.splitlines() if r["job_id"] in ln]
+    assert line.rstrip().endswith(f"held: {job['hold_reason']}"), out
+    assert html.escape(f"held: {job['hold_reason']}") in \
+        QueueView(call(d, "queue"))._repr_html_()                     # and in Jupyter
     # stays held across a restart; released, it runs
     d.restart()
     job = call(d, "get", job_id=r["job_id"])
@@ -554,8 +566,6 @@ def test_each_calibration_moves_its_key_to_the_simulated_truth(path, truth, conf
 
 
 def test_labctl_update_main_and_fresh(make_daemon):
-    import subprocess
-    import sys
     d = _calibrating_daemon(make_daemon, 0)
 
     def labctl(*args):
