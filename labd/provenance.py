@@ -6,6 +6,7 @@ identity changes, and git runs once per change of the package or the repository'
 HEAD/index, never per job. HEAD and refs are read from ``.git`` directly."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -24,6 +25,9 @@ def file_id(st: os.stat_result) -> FileId:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+UNREAD: FileId = (-1, -1, -1)   # a directory that could not be listed: never "unchanged"
+
+
 @dataclass(frozen=True)
 class PackageState:
     sha256: str                  # over sorted relative paths + file hashes
@@ -35,10 +39,11 @@ class PackageHasher:
 
     A scan with nothing changed costs one stat per directory and per file: the tree is
     walked again only when a directory's identity changed (a file added, removed or
-    replaced by an editor's rename). A quick scan (a submit's, on the event loop) costs
-    one read of an inotify queue instead, while the watch saw nothing and the last full
-    scan is under QUICK_MAX_AGE_S old: that bounds how late it notices a change inotify
-    cannot see (a file edited from another NFS client). Jobs always run after a full scan."""
+    replaced by an editor's rename) or inotify saw anything. A quick scan (a submit's, on
+    the event loop) costs one read of an inotify queue instead, while the watch saw
+    nothing and the last full scan is under QUICK_MAX_AGE_S old: that bounds how late it
+    notices a change inotify cannot see (a file edited from another NFS client). Jobs
+    always run after a full scan."""
 
     QUICK_MAX_AGE_S = 1.0
 
@@ -53,29 +58,36 @@ class PackageHasher:
 
     def _walk(self) -> None:
         """Every directory is watched, then its identity taken, then listed: a change
-        after any of these steps is caught by the next one or by the next scan."""
+        after any of these steps is caught by the next one or by the next scan. One that
+        cannot be listed (someone's private directory) is skipped, as os.walk does, and
+        tried again at the next scan: a chmod changes no mtime."""
         if self._watch is not None:
             self._watch.close()
         try:
             self._watch = DirWatch()
         except OSError:
             self._watch = None
-        self._dirs, self._paths = {}, {}
+        dirs: dict[str, FileId] = {}
+        paths: dict[str, str] = {}
         todo = [str(self.root)]
         while todo:
             d = todo.pop()
             try:
                 self._watch_dir(d)
-                self._dirs[d] = file_id(os.stat(d))
+                dirs[d] = file_id(os.stat(d))
                 entries = list(os.scandir(d))
             except FileNotFoundError:
                 continue   # gone meanwhile: its parent's identity changed
+            except OSError:
+                dirs[d] = UNREAD
+                continue
             for e in entries:
                 if e.is_dir():
                     if e.name != "__pycache__" and not e.is_symlink():
                         todo.append(e.path)
                 elif e.name.endswith(".py"):
-                    self._paths[os.path.relpath(e.path, self.root)] = e.path
+                    paths[os.path.relpath(e.path, self.root)] = e.path
+        self._dirs, self._paths = dirs, paths
 
     def _watch_dir(self, d: str) -> None:
         if self._watch is None:
@@ -83,9 +95,9 @@ class PackageHasher:
         try:
             self._watch.add(d)
         except OSError as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            self._watch.close()   # out of watches (ENOSPC): every scan stats, as before
+            if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+                raise   # gone, or unreadable: the walk skips it
+            self._watch.close()   # out of watches: every scan stats, as before
             self._watch = None
 
     def _dirs_changed(self) -> bool:
@@ -96,13 +108,16 @@ class PackageHasher:
             return True
 
     def scan(self, quick: bool = False) -> PackageState:
-        changed = self._watch is None or self._watch.changed()   # consumed before the stats
+        # consumed before the stats; an event also walks the tree again, since a module
+        # added in the clock tick of the last walk leaves its directory's identity as it was
+        # (coarse timestamps: kernels before 6.13, NFS)
+        event = self._watch is not None and self._watch.changed()
         now = time.monotonic()
-        if quick and not changed and self.state is not None \
+        if quick and self._watch is not None and not event and self.state is not None \
                 and now - self._full_at < self.QUICK_MAX_AGE_S:
             return self.state
         self._full_at = now
-        if self._dirs_changed():
+        if event or self._dirs_changed():
             self._walk()
         files: dict[str, str] = {}
         changed = False

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from daemon_harness import REPO
+from labd.dir_watch import DirWatch
 from labd.experiment_loader import ExperimentLoader
 from labd.provenance import GitRevision, PackageHasher
 
@@ -181,6 +182,63 @@ def test_quick_scan_stats_in_full_without_inotify_and_at_least_once_a_second(
     first = hasher.scan()
     t1.write_text(t1.read_text() + "\n# again\n")
     assert hasher.scan(quick=True).sha256 != first.sha256
+
+
+def test_a_module_added_in_the_walks_clock_tick_is_seen(tmp_path):
+    """Coarse timestamps (kernels before 6.13, NFS): a module created in the clock tick of
+    the walk's stat of its directory leaves the directory's (mtime, size, inode) as they
+    were. inotify's event walks the tree again. Simulated by putting the mtime back."""
+    pkg = copy_package(tmp_path)
+    hasher = PackageHasher(pkg)
+    hasher.scan()
+    st = os.stat(pkg)
+    (pkg / "new_mod.py").write_text("N = 1\n")
+    os.utime(pkg, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(pkg).st_size == st.st_size   # else this would not be the tick case
+    assert "new_mod.py" in hasher.scan().files
+
+
+def test_an_unreadable_directory_is_skipped_and_read_once_it_can_be(tmp_path, monkeypatch):
+    """Someone's private scratch directory in the package (mode 700, labd another user):
+    skipped, as os.walk did, the rest of the package hashed whole, and the directory tried
+    again at every full scan (a chmod changes no mtime). It used to fail every submit to
+    the package, or, locked after the first walk, drop the directories not yet walked."""
+    pkg = copy_package(tmp_path)
+    for d in ("a_private", "b", "c"):
+        (pkg / d).mkdir()
+        (pkg / d / "mod.py").write_text(f"NAME = {d!r}\n")
+    locked: set[str] = set()
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path) in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+    monkeypatch.setattr("labd.provenance.os.scandir", scandir)
+    real_add = DirWatch.add
+
+    def add(watch, path):   # inotify needs read access too
+        if str(path) in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_add(watch, path)
+    monkeypatch.setattr(DirWatch, "add", add)
+    everything = {"a_private/mod.py", "b/mod.py", "c/mod.py", "t1.py"}
+    hasher = PackageHasher(pkg)
+    assert everything <= hasher.scan().files.keys()
+    locked.add(str(pkg / "a_private"))
+    (pkg / "new_mod.py").write_text("N = 1\n")       # the next scan walks again
+    files = hasher.scan().files
+    assert everything - {"a_private/mod.py"} | {"new_mod.py"} <= files.keys()
+    assert "a_private/mod.py" not in files
+    (pkg / "b" / "mod.py").write_text("NAME = 'b, edited'\n")
+    assert hasher.scan().files["b/mod.py"] != files["b/mod.py"]
+    locked.clear()
+    assert everything <= hasher.scan().files.keys()
+
+    locked.add(str(pkg / "a_private"))
+    fresh = PackageHasher(pkg)                        # unreadable from the start
+    assert everything - {"a_private/mod.py"} <= fresh.scan().files.keys()
+    assert fresh._watch is not None   # the rest of the package is still watched
 
 
 def test_git_revision_says_dirty_for_the_package_and_is_cached(tmp_path, monkeypatch):
