@@ -271,10 +271,10 @@ class DataWriter:
         with self._lock:
             self._closed = True
             reader, self._reader = self._reader, None
-            if reader is None:
-                return
-            self._writes.put(None)
-        reader.join()
+            if reader is not None:
+                self._writes.put(None)
+        if reader is not None:   # (none: a child started ahead that never took a write)
+            reader.join()
         for child in {id(c): c for c in (*self._dead, self._child) if c is not None}.values():
             self._close(child)
         self._dead.clear()

@@ -232,6 +232,17 @@ def test_the_child_ignores_sigterm_and_exits_when_labd_closes(tmp_path):
     assert child.wait(10) is not None or not child.is_running()
 
 
+@pytest.mark.parametrize("mode", ["process", "when_behind"])
+def test_close_ends_a_child_that_never_took_a_write(mode):
+    """The usual "when_behind" life on a small machine: the child is started ahead and the
+    files never lag. close() used to leave it running, with its socket open."""
+    w = DataWriter(mode)
+    w.start()
+    child = psutil.Process(w.pid)
+    w.close()
+    assert w.pid is None and not child.is_running()
+
+
 @pytest.mark.parametrize("cap,kept", [(data_writer.KEEP_OPEN_BYTES, [True] * 3),
                                       (150_000, [False, True, True]), (1, [False] * 3)])
 def test_serve_keeps_the_newest_raw_files_within_its_bounds(tmp_path, monkeypatch, cap,
