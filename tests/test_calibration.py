@@ -86,6 +86,32 @@ def changed_lines(a: str, b: str) -> list[str]:
 
 
 # ---- update_main --------------------------------------------------------------------
+def test_the_qubit_of_a_key_is_read_however_the_config_model_holds_qubits():
+    """``{qubit}`` in a calibration key is the config's first qubit: a field, an extra of a
+    model that allows extras, or a property; 0 when it has none."""
+    from pydantic import BaseModel, ConfigDict
+
+    from labd.calibration import first_qubit
+
+    class Field_(BaseModel):
+        qubits: list[int] = [2]
+
+    class Extra(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    class Prop(BaseModel):
+        qubit: int = 3
+
+        @property
+        def qubits(self) -> list[int]:
+            return [self.qubit]
+
+    class Neither(BaseModel):
+        reps: int = 1
+    assert [first_qubit(Field_()), first_qubit(Extra(qubits=[1])), first_qubit(Prop()),
+            first_qubit(Neither())] == [2, 1, 3, 0]
+
+
 def test_rabi_with_update_main_updates_pi_gain_and_keeps_the_yaml_comments(make_daemon):
     d = make_daemon()
     _, shipped = main_content(d)
