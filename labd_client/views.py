@@ -62,9 +62,10 @@ def format_queue(q: dict[str, Any], max_rows: int | None = None) -> str:
 
 
 def _waiting_for(j: dict[str, Any]) -> str:
-    """What a waiting job waits for, with the reason when labd held it (a calibration)."""
-    return f"{j['waiting_for']}: {j['hold_reason']}" if j.get("hold_reason") else \
-        j["waiting_for"]
+    """What a waiting job waits for, with the reason when labd held it (a calibration), on
+    one line (an experiment's error in it may span several)."""
+    return f"{j['waiting_for']}: {' '.join(j['hold_reason'].split())}" \
+        if j.get("hold_reason") else j["waiting_for"]
 
 
 def format_job_line(j: JobResult) -> str:

@@ -188,6 +188,19 @@ def test_human_output_escapes_control_characters(labctl):
         .endswith("error \x1b]0;pwned\x07 end")
 
 
+def test_a_hold_reason_with_newlines_stays_on_its_queue_row():
+    """A calibration's error may span lines (an exception's message): its row holds it."""
+    from labd_client.views import format_queue
+    q = {"running": None, "pending": [], "waiting": [
+        {"job_id": "JOB-20260101-00002", "user": "ann", "experiment_class": "NoOpExperiment",
+         "waiting_for": "held", "hold_reason": "calibration JOB-20260101-00001 did not "
+         "refresh its keys (it failed (ValueError: first\n  second))"}]}
+    *_, row = format_queue(q).splitlines()
+    assert row.startswith("         JOB-20260101-00002") and \
+        row.endswith("held: calibration JOB-20260101-00001 did not refresh its keys (it "
+                     "failed (ValueError: first second))")
+
+
 # ---- watch across a restart -----------------------------------------------------------
 def test_watch_shows_disconnected_and_the_state_after_a_restart(make_daemon):
     from labd_client import Client
