@@ -27,13 +27,13 @@ class DataError(ValueError):
     """The experiment returned something that is not savable data."""
 
 
-def as_array(key: str, value: Any) -> np.ndarray:
+def as_array(key: str, value: Any, what: str = "data key") -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as exc:
-        raise DataError(f"data key {key!r}: cannot convert to an array ({exc})") from None
+        raise DataError(f"{what} {key!r}: cannot convert to an array ({exc})") from None
     if arr.dtype == object or arr.dtype.kind not in "biufcSU":
-        raise DataError(f"data key {key!r} is not numeric data (got {type(value).__name__})")
+        raise DataError(f"{what} {key!r} is not numeric data (got {type(value).__name__})")
     if arr.dtype.kind == "U":
         arr = arr.astype(h5py.string_dtype())
     return arr
@@ -178,6 +178,23 @@ def root_attr(path: Path, name: str) -> str | None:
     except (OSError, KeyError):
         return None
     return value.decode() if isinstance(value, bytes) else value
+
+
+def storable_results(results: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The fit results the file can store. One that is not numeric data (a ragged list,
+    an object) is left out and named, so the others and the raw data still save."""
+    storable, bad = {}, []
+    for key, value in results.items():
+        try:
+            as_array(str(key), value, "result")
+        except DataError as exc:
+            bad.append(f"{exc}, not saved")
+            continue
+        except Exception as exc:   # an object whose conversion itself breaks
+            bad.append(f"result {str(key)!r}: {type(exc).__name__}: {exc}, not saved")
+            continue
+        storable[str(key)] = value
+    return storable, "; ".join(bad) or None
 
 
 def add_results(path: Path, results: dict[str, Any], analysis_error: str | None,

@@ -259,6 +259,17 @@ def _scalars(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _units(method: Callable[[], Any]) -> dict[str, str]:
+    """An experiment's units, as text; a unit it does not know (None) is left out, and a
+    method that fails costs the file its units, never its data."""
+    try:
+        return {str(k): str(v) for k, v in dict(method() or {}).items() if v is not None}
+    except Exception:
+        job_log.warning("%s() failed; the data file is saved without those units:\n%s",
+                        method.__name__, traceback.format_exc())
+        return {}
+
+
 @dataclass
 class Acquired:
     """A finished acquisition on its way from the board thread to the analysis thread."""
@@ -681,7 +692,7 @@ class Executor:
             "config_versions": {n: c["version_id"] for n, c in acq.contents.items()},
             "module_sha256": loaded.sha256, "package_sha256": loaded.package_sha256,
             # the unit of every expt key and data key
-            "expt_units": exp.expt_units(), "data_units": exp.data_units(),
+            "expt_units": _units(exp.expt_units), "data_units": _units(exp.data_units),
             "labd_version": __version__, "setpoint": acq.setpoint,
             "hardware": self.board.describe(),
             "nonfinite_keys": [k for k, a in acq.data.items()
@@ -748,8 +759,14 @@ class Executor:
             return step(*args)
         except BaseException as exc:  # the outcome must always be delivered
             log.exception("%s of %s failed", step.__name__, acq.spec.job_id)
-            return Outcome(EndReason.ERROR, f"internal error in {step.__name__.strip('_')}: "
-                           f"{type(exc).__name__}")
+            error = f"internal error in {step.__name__.strip('_')}: {type(exc).__name__}"
+            saved = next((a for a in args if isinstance(a, Outcome) and a.data_file_path),
+                         None)
+            if saved is None:
+                return Outcome(EndReason.ERROR, error)
+            # after the raw data were saved: the record still points to them
+            saved.reason, saved.error_message = EndReason.ERROR, f"{error} (raw data saved)"
+            return saved
         finally:
             self.router.detach()
 
@@ -815,9 +832,13 @@ class Executor:
             data = acq.data if acq.data is not None else \
                 data_file.load(acq.spec.data_path)["data"]
             results = dict(acq.exp.analyze(dict(data)) or {})
-        except Exception as exc:
+        except BaseException as exc:   # a fit script's sys.exit() too: the raw data stay
             analysis_error = f"{type(exc).__name__}: {exc}"
             job_log.error("analysis failed (raw data is saved):\n%s", traceback.format_exc())
+        results, unstorable = data_file.storable_results(results)
+        if unstorable:
+            job_log.error("fit results: %s", unstorable)
+            analysis_error = "; ".join(filter(None, (analysis_error, unstorable)))
         self.files.add_results(
             lambda error: self._step(acq, done, self._fitted, out, results, analysis_error,
                                      error),

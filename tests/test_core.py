@@ -168,6 +168,34 @@ def test_analysis_error_never_loses_data(client):
         assert "fit did not converge" in f.attrs["analysis_error"]
 
 
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_what_an_experiment_gets_wrong_after_its_acquisition_never_loses_the_data(
+        make_daemon, writer):
+    """A fit result that is not numeric data, a fit that calls sys.exit(), units that are
+    None or whose method raises: the raw data are saved and the record points to them (a
+    fit's trouble used to mark the job failed with no data file; a unit, no file at all)."""
+    d = make_daemon(data_writer=writer)
+    with Client(d.socket) as c:
+        ragged, exits, unit_none, units_raise = (
+            c.wait(c.submit(cls, "labtest_experiments.faults"), 30)
+            for cls in ("RaggedFit", "ExitInFit", "UnitNone", "UnitsRaise"))
+        for job in (ragged, exits, unit_none, units_raise):
+            assert job.status == "completed", (job.experiment_class, job.error_message)
+            with h5py.File(job.data_file_path) as f:
+                assert f["avgi"][()].tolist() == [1.0] * 5
+        assert ragged.results == {"f0": 4.5}
+        assert "result 'peaks'" in ragged.error_message and "(raw data saved)" in \
+            ragged.error_message
+        with h5py.File(ragged.data_file_path) as f:
+            assert f["f0"][()] == 4.5 and f["model"].asstr()[()] == "lorentzian"
+            assert "peaks" not in f
+            assert f.attrs["analysis"] == "failed" and "peaks" in f.attrs["analysis_error"]
+        assert "SystemExit: fit script calls sys.exit" in exits.error_message
+        with h5py.File(unit_none.data_file_path) as f:
+            assert f["avgi"].attrs["unit"] == "a.u." and "unit" not in f["xpts"].attrs
+        assert "KeyError" in c.logs(units_raise.job_id)["text"]
+
+
 def test_logs_by_offset_give_whole_lines_once(client):
     job_id = client.submit(*SLEEP, {"seconds": 0.6, "steps": 30})
     followed = "".join(client.follow_logs(job_id))

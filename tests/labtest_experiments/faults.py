@@ -161,3 +161,46 @@ class FitThreads(Experiment):
 
     def acquire(self):
         return {"xpts": [0.0], "threads": [float(os.environ["OPENBLAS_NUM_THREADS"])]}
+
+
+class RaggedFit(Experiment):
+    """analyze() returns a ragged list (peaks per trace) beside a number."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
+
+    def analyze(self, data):
+        return {"peaks": [[1.0, 2.0], [3.0]], "f0": 4.5, "model": "lorentzian"}
+
+
+class ExitInFit(Experiment):
+    """A fit script that calls sys.exit()."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
+
+    def analyze(self, data):
+        raise SystemExit("fit script calls sys.exit")
+
+
+class UnitNone(Experiment):
+    """A unit known only for some sweeps: None otherwise."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
+
+    def data_units(self):
+        return {"xpts": None, "avgi": "a.u."}
+
+
+class UnitsRaise(Experiment):
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
+
+    def expt_units(self):
+        raise KeyError("gain_unit")
