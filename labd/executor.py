@@ -270,6 +270,24 @@ def _units(method: Callable[[], Any]) -> dict[str, str]:
         return {}
 
 
+def _partial_outcome(message: str, path: Path, module_sha256: str | None) -> Outcome:
+    return Outcome(EndReason.ERROR, f"{message}; its partial data (the rounds done) are "
+                   f"saved in the data file", data_file_path=str(path),
+                   module_sha256=module_sha256)   # the code that took them
+
+
+def partial_saved(spec: JobSpec) -> Outcome | None:
+    """(#16) The outcome of a job whose partial data are saved already: a pause or a more
+    urgent job took it back while it was being prepared, and that outcome went with it.
+    It ends the same way again, instead of acquiring anew onto its own data file."""
+    path = spec.data_path
+    if not path.exists() or data_file.root_attr(path, "job_id") != spec.job_id:
+        return None
+    message = data_file.root_attr(path, "partial")
+    return None if message is None else \
+        _partial_outcome(message, path, data_file.root_attr(path, "module_sha256"))
+
+
 @dataclass
 class Acquired:
     """A finished acquisition on its way from the board thread to the analysis thread."""
@@ -524,6 +542,8 @@ class Executor:
                        f"the job was preempted (sha256 {resume.module_sha256[:12]} -> "
                        f"{loaded.sha256[:12]})")
             return self._save_partial(spec, loaded, resume, message)
+        if resume is None and (saved := partial_saved(spec)) is not None:
+            return saved
         if not getattr(loaded.cls, "safe_points", False):
             return None
         ckpt = resume or Checkpoint(loaded.sha256, loaded.package_sha256,
@@ -553,9 +573,7 @@ class Executor:
                            f"{checkpoint_path(spec.data_path)} holds them")
         job_log.error("%s; partial data saved to %s", message, spec.data_path)
         remove_checkpoint(checkpoint_path(spec.data_path))   # the data file holds it now
-        return Outcome(EndReason.ERROR, f"{message}; its partial data (the rounds done) are "
-                       f"saved in the data file", data_file_path=str(spec.data_path),
-                       module_sha256=ckpt.module_sha256)   # the code that took them
+        return _partial_outcome(message, spec.data_path, ckpt.module_sha256)
 
     # ---- in the board thread ---------------------------------------------------------
     def _loop(self) -> None:

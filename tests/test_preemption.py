@@ -186,6 +186,24 @@ async def test_cancel_a_preempted_job(tmp_path):
         await h.final(urgent)
 
 
+async def test_a_cancel_as_the_job_yields_the_board_is_not_lost(tmp_path):
+    """The board thread has yielded (its checkpoint written) and the loop has not yet seen
+    the acquisition end when the owner's cancel comes: the reply said "cancelling", so the
+    job ends cancelled; it used to go back to the queue and resume."""
+    async with harness(tmp_path) as h:
+        low = await h.submit(priority=0)
+        assert await h.started() == low
+        urgent = await h.submit(priority=10)
+        h.executor.yielded(low)
+        assert (await h.sched.cancel(ALICE, low))["status"] == "cancelling"
+        job = await h.final(low)
+        assert job.status == "cancelled" and "as it yielded the board" in job.error_message
+        assert await h.started() == urgent
+        h.executor.finish(urgent)
+        await h.final(urgent)
+        assert h.sched.active == {} and h.executor.started.empty()
+
+
 async def test_restart_puts_a_preempted_job_at_the_head(tmp_path):
     async with harness(tmp_path) as h:
         a, u = await _preempted(h)
@@ -377,6 +395,49 @@ def test_code_changed_while_preempted_fails_with_partial_data(make_daemon, tmp_p
         assert f["partial"].shape == (24,)
         assert "changed" in f.attrs["partial"]
     assert not ckpt_of(d, job).exists()       # the data file holds what it had
+
+
+def test_taken_back_as_its_partial_data_are_saved_it_ends_the_same_way(make_daemon, tmp_path):
+    """Its code changed while it was preempted, and a pause takes it back while it is being
+    prepared: preparing saved its partial data and removed the checkpoint, and the outcome
+    went with the job. Resumed, it ends the same way; it used to acquire all its rounds
+    anew and then fail to save them onto its own data file."""
+    from labd_client import Client
+    pkg = tmp_path / "pkgs" / "preempt_exps"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    mod = pkg / "t1p.py"
+    body = ("from experiments.single_qubit.t1 import T1Experiment\n\n\n"
+            "class T1P(T1Experiment):\n    pass\n")
+    mod.write_text(body)
+    d = make_daemon(start=False, allowed_packages=["experiments", "preempt_exps"], **MOCK)
+    d.env_extra["PYTHONPATH_PREPEND"] = str(tmp_path / "pkgs")
+    d.start()
+    gate, importing = tmp_path / "gate", tmp_path / "importing"
+    with Client(d.socket) as c:
+        job = c.submit("T1P", "preempt_exps.t1p", T1_CFG)
+        until(lambda: (c.get(job).progress or 0) >= 0.2, what="progress")
+        urgent = c.submit(*SLEEP, {"seconds": 60}, priority=10)
+        until(lambda: c.get(job).phase == "preempted", what="preemption")
+        c.call("pause")
+        c.cancel(urgent)
+        c.wait(urgent, timeout=30)
+        # the new code's import waits for the test: the pause lands while it is prepared
+        mod.write_text(f"import os, time\nopen({str(importing)!r}, 'w').close()\n"
+                       f"for _ in range(3000):\n    if os.path.exists({str(gate)!r}):\n"
+                       f"        break\n    time.sleep(0.01)\n" + body)
+        c.call("resume")
+        until(importing.exists, what="the prepare thread importing the new code")
+        c.call("pause")
+        gate.touch()
+        until(lambda: not ckpt_of(d, job).exists(), what="the partial data saved")
+        c.call("resume")
+        done = c.wait(job, timeout=60)
+    assert done.status == "failed" and "partial data" in done.error_message, \
+        done.error_message
+    with h5py.File(done.data_file_path, "r") as f:
+        assert "changed" in f.attrs["partial"]
+        assert 0 < f["partial_rounds"][()][0] < 20
 
 
 def test_sigterm_while_preempted_keeps_the_checkpoint_and_while_resuming_yields(

@@ -302,6 +302,11 @@ class Scheduler:
         pj.order = self._next_head()
         self.requeue(pj)
 
+    async def cancelled_as_it_yielded(self, pj: PendingJob, message: str) -> None:
+        """(#16) Its owner's cancel came as it yielded the board, and was answered
+        "cancelling": it ends as a cancel of the preempted job would, not resumed."""
+        await self._end_pending(pj, EndReason.CANCELLED, f"{message}, as it yielded the board")
+
     async def preempt(self, peer: Peer, job_id: str) -> dict[str, Any]:
         """(#16, admins) Make the running job yield the board at its next safe point, even
         if its submit opted out or it was preempted max_preemptions times already."""

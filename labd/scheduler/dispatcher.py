@@ -401,6 +401,9 @@ class Dispatcher:
                               pj.job_id, exc)
             self._flush_logs()
             await self.sched.preempted(pj, run.ctx.preempt_by or "?", run.versions)
+            if run.ctx.stop_kind is EndReason.CANCELLED:   # answered "cancelling"
+                await self.sched.cancelled_as_it_yielded(pj, run.ctx.stop_reason or
+                                                         "cancelled")
             return
         if not handle.claim_ok:  # its data are dropped: it never ran, as far as it is known
             await asyncio.wrap_future(handle.done)
