@@ -119,7 +119,8 @@ class Experiment:
         acquires, so the board never waits for a compiler; no hardware calls here (only
         ``ctx.board.soccfg``). ``acquire`` then just runs what was built."""
 
-    # hooks around a job (e.g. park an instrument); both run even when acquire fails
+    # hooks around a job (e.g. park an instrument); both run even when acquire fails, and
+    # an after_job that fails after a good acquisition is reported on the job, its data kept
     def before_job(self) -> None: ...
     def after_job(self) -> None: ...
 

@@ -259,6 +259,17 @@ def _scalars(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _after_job(exp: Experiment) -> str | None:
+    """The after_job hook once the acquisition succeeded: its failure is reported on the
+    job, and the data it acquired are saved all the same."""
+    try:
+        exp.after_job()
+    except Exception as exc:
+        job_log.error("after_job failed (the data are kept):\n%s", traceback.format_exc())
+        return f"after_job failed: {type(exc).__name__}: {exc}"
+    return None
+
+
 def _units(method: Callable[[], Any]) -> dict[str, str]:
     """An experiment's units, as text; a unit it does not know (None) is left out, and a
     method that fails costs the file its units, never its data."""
@@ -302,6 +313,7 @@ class Acquired:
     setpoint: Any
     ended_at: str        # when its acquisition ended
     held: int = 0        # bytes of data it holds in the executor's backlog
+    note: str | None = None   # what went wrong after a good acquisition (its after_job)
 
 
 class Handle:
@@ -677,8 +689,10 @@ class Executor:
             exp.before_job()
             try:
                 raw = exp.acquire()
-            finally:
+            except BaseException:
                 exp.after_job()
+                raise
+            note = _after_job(exp)
             data = data_file.check_data(raw)
         except Stopped as exc:
             message = ctx.stop_reason or str(exc)
@@ -692,7 +706,7 @@ class Executor:
             if ctx.safe is not None:
                 ctx.safe.end()
         return Acquired(spec, ctx, prep.log, exp, data, prep.contents, loaded, prep.cfg,
-                        setpoint, utcnow())
+                        setpoint, utcnow(), note=note)
 
     def _describe(self, acq: Acquired) -> tuple[dict[str, Any], dict[str, Any]]:
         """The data file's merged config and metadata; built by the save thread, so the
@@ -828,7 +842,7 @@ class Executor:
         if acq.ctx.safe is not None and acq.ctx.safe.resumed:  # the data file holds it all
             remove_checkpoint(checkpoint_path(spec.data_path))  # now (#16; only a resumed
             # job has a checkpoint: a preempted one ends before its save)
-        out.reason = EndReason.COMPLETED
+        out.reason, out.error_message = EndReason.COMPLETED, acq.note
         if not has_analysis:
             return out
         # Fits may fall far behind the board (a 200 ms fit after each 7 ms acquisition):
@@ -869,5 +883,6 @@ class Executor:
             analysis_error = f"saving fit results failed: {type(error).__name__}: {error}"
         out.results = _scalars(results)
         if analysis_error:
-            out.error_message = f"analysis failed (raw data saved): {analysis_error}"
+            out.error_message = "; ".join(filter(None, (
+                out.error_message, f"analysis failed (raw data saved): {analysis_error}")))
         return out

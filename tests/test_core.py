@@ -172,14 +172,15 @@ def test_analysis_error_never_loses_data(client):
 def test_what_an_experiment_gets_wrong_after_its_acquisition_never_loses_the_data(
         make_daemon, writer):
     """A fit result that is not numeric data, a fit that calls sys.exit(), units that are
-    None or whose method raises: the raw data are saved and the record points to them (a
-    fit's trouble used to mark the job failed with no data file; a unit, no file at all)."""
+    None or whose method raises, an after_job hook that fails: the raw data are saved and
+    the record points to them (a fit's trouble used to mark the job failed with no data
+    file; a unit or the hook, no file at all)."""
     d = make_daemon(data_writer=writer)
     with Client(d.socket) as c:
-        ragged, exits, unit_none, units_raise = (
+        ragged, exits, unit_none, units_raise, after = (
             c.wait(c.submit(cls, "labtest_experiments.faults"), 30)
-            for cls in ("RaggedFit", "ExitInFit", "UnitNone", "UnitsRaise"))
-        for job in (ragged, exits, unit_none, units_raise):
+            for cls in ("RaggedFit", "ExitInFit", "UnitNone", "UnitsRaise", "AfterJobRaises"))
+        for job in (ragged, exits, unit_none, units_raise, after):
             assert job.status == "completed", (job.experiment_class, job.error_message)
             with h5py.File(job.data_file_path) as f:
                 assert f["avgi"][()].tolist() == [1.0] * 5
@@ -194,6 +195,8 @@ def test_what_an_experiment_gets_wrong_after_its_acquisition_never_loses_the_dat
         with h5py.File(unit_none.data_file_path) as f:
             assert f["avgi"].attrs["unit"] == "a.u." and "unit" not in f["xpts"].attrs
         assert "KeyError" in c.logs(units_raise.job_id)["text"]
+        assert after.error_message == \
+            "after_job failed: RuntimeError: could not park the flux bias"
 
 
 def test_logs_by_offset_give_whole_lines_once(client):

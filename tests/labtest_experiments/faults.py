@@ -204,3 +204,14 @@ class UnitsRaise(Experiment):
 
     def expt_units(self):
         raise KeyError("gain_unit")
+
+
+class AfterJobRaises(Experiment):
+    """Its after_job hook (parking an instrument) fails after a good acquisition."""
+    config_model = FaultConfig
+
+    def acquire(self):
+        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
+
+    def after_job(self):
+        raise RuntimeError("could not park the flux bias")
