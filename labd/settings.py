@@ -134,6 +134,9 @@ class Settings(BaseModel):
 
     max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_config_bytes: int = Field(1024 * 1024, ge=256)
+    # a config diff runs in a child process, stopped after this (difflib is about cubic on
+    # some contents: a minute for 20k lines)
+    config_diff_timeout_s: float = Field(10.0, gt=0)
     max_batch: int = Field(10_000, ge=1)
     max_pending_per_user: int = Field(50_000, ge=1)
     max_log_bytes: int = Field(64 * 1024 * 1024, ge=1024)

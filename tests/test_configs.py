@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
+import time
 
 import h5py
 import pytest
 
 from labd.data_file import load
-from labd_client import Client, Conflict, InvalidParams, NotFound
+from labd_client import Client, Conflict, InvalidParams, LimitExceeded, NotFound
 
 NOOP = ("NoOpExperiment", "experiments.diagnostics.noop")
 SLEEP = ("SleepExperiment", "experiments.diagnostics.sleep")
@@ -52,6 +54,43 @@ def test_push_dedupe_set_main_history_diff(client):
     assert "+  ge:" in diff
     shown = client.config_show(r1["version_id"])
     assert shown["content"] == new and shown["message"] == "add ge"
+
+
+def test_a_slow_diff_never_stalls_other_clients_and_ends_at_its_time_limit(make_daemon):
+    """difflib's time grows about with the cube of the line count for contents whose lines
+    each repeat just under its 1% "popular" cut: 20k such lines (58 KB, far below the
+    1 MB config cap) take it about a minute. That diff ran on the event loop: every client
+    waited, and past WatchdogSec systemd would have killed labd and the running job. It
+    now runs in a child process that is stopped at config_diff_timeout_s."""
+    d = make_daemon(config_diff_timeout_s=1.0)
+    n, k = 20_000, 101
+    with Client(d.socket) as c:
+        va = c.config_push("floquet_storage_swap",
+                           "".join(f"{i % k}\n" for i in range(n)))["version_id"]
+        vb = c.config_push("floquet_storage_swap",
+                           "".join(f"{(i * 37) % k}\n" for i in range(n)))["version_id"]
+    outcome: list[BaseException] = []
+
+    def differ() -> None:
+        with Client(d.socket, timeout=60) as c:
+            try:
+                c.config_diff(va, vb)
+            except LimitExceeded as exc:
+                outcome.append(exc)
+    thread = threading.Thread(target=differ)
+    thread.start()
+    worst = 0.0
+    with Client(d.socket) as c:
+        while thread.is_alive():   # ends: the diff is stopped after 1 s
+            t0 = time.monotonic()
+            c.health()
+            worst = max(worst, time.monotonic() - t0)
+        thread.join()
+        assert worst < 0.5, f"health waited {worst:.1f} s behind another client's diff"
+        [exc] = outcome
+        assert "over 1 s" in str(exc) and "compare them locally" in str(exc)
+        assert c.config_diff(va, va) == ""             # and quick ones still answer
+        assert c.health()["status"] == "ok"
 
 
 def test_bad_config_input(client):
