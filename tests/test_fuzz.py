@@ -219,7 +219,8 @@ def test_idle_slow_half_frame_and_non_reading_clients(make_daemon):
 KEYS = ["job_id", "experiment_class", "experiment_module", "experiment_config", "priority",
         "user", "limit", "cursor", "status", "type", "content", "version_id", "offset",
         "max_bytes", "topics", "job_ids", "jobs", "batch_id", "os_user", "a", "b", "after",
-        "not_before", "hold", "time_limit_s", "config_versions", "inline_configs", "since"]
+        "not_before", "hold", "time_limit_s", "config_versions", "inline_configs", "since",
+        "call"]
 SPECIAL = st.sampled_from([
     "JOB-20261124-00001", "CFG-HW-20261124-00001", "experiments.diagnostics.noop",
     "NoOpExperiment", "hardware_config", "../../etc/passwd", "os", "", "\x00", "💥" * 50,
@@ -299,6 +300,15 @@ def test_extreme_values_are_invalid_params_or_answered(paused_daemon, method, pa
     reply = paused_daemon.rpc(method, **params)
     assert "result" in reply or reply["error"]["code"] == -32602, reply
     assert paused_daemon.rpc("health")["result"]["status"] in ("ok", "paused")
+
+
+def test_a_param_named_like_the_methods_own_argument_is_an_invalid_param(paused_daemon):
+    """Every method is called as method(call, **params): a param named "call" was an
+    internal error whose data carried Python's TypeError text."""
+    for method in METHODS:
+        reply = paused_daemon.rpc(method, call=1)
+        assert reply["error"]["code"] == -32602 and "call" in reply["error"]["message"], \
+            (method, reply)
 
 
 @pytest.mark.parametrize("offset", [2**63 - 1, 2**63, 2**64, 2**70])

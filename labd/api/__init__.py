@@ -42,7 +42,7 @@ METHODS: dict[str, Callable[..., Awaitable[Any]]] = {}
 def rpc(name: str, params: type[BaseModel] = NoParams):
     """Register a method: pydantic-validated params, LabdError -> JSON-RPC error."""
     def deco(fn: Callable[[Call, Any], Awaitable[Any]]):
-        async def method(call: Call, *args: Any, **kwargs: Any):
+        async def method(call: Call, /, *args: Any, **kwargs: Any):  # "call" may be a param
             if args:
                 return Error(InvalidParams.code, f"{name}: params must be an object with named "
                              "fields, not a list")
