@@ -4,13 +4,15 @@ server-pushed notifications for subscribed events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import socket
 import stat
-from typing import Any, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, Awaitable, Callable, Iterator
 
 from jsonrpcserver import async_dispatch
 from jsonrpcserver.async_dispatcher import call
@@ -24,7 +26,8 @@ from .identity import AdminPolicy, Peer
 
 log = logging.getLogger(__name__)
 
-MAX_INFLIGHT_PER_CONNECTION = 64
+MAX_INFLIGHT_PER_CONNECTION = 64    # calls being handled; a long wait is not one of them
+MAX_WAITS_PER_CONNECTION = 10_000   # long waits parked on one connection
 LISTEN_BACKLOG = 1024
 # A reply (or a batch's replies together) above this becomes a LimitExceeded error: one
 # small request must not make the daemon build and queue hundreds of megabytes.
@@ -80,6 +83,31 @@ def _deserialize(text: str) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+# frees the in-flight slot of the request being handled (see long_call)
+_free_slot: ContextVar[Callable[[], None] | None] = ContextVar("labd_free_slot", default=None)
+
+
+@contextlib.contextmanager
+def long_call(conn: Any) -> Iterator[None]:
+    """Around a call that waits long (``wait``): its in-flight slot is freed, so the
+    connection is still read while it waits, for the client's other calls and for its
+    hang-up (which ends the wait). Such waits are bounded per connection instead."""
+    if not isinstance(conn, Connection):   # the dashboard's or a schedule's caller
+        yield
+        return
+    if conn.waits >= MAX_WAITS_PER_CONNECTION:
+        raise LimitExceeded(f"{MAX_WAITS_PER_CONNECTION} waits are open on this connection "
+                            "already; wait for fewer jobs at once, or subscribe to job events")
+    free = _free_slot.get()
+    if free is not None:
+        free()
+    conn.waits += 1
+    try:
+        yield
+    finally:
+        conn.waits -= 1
+
+
 class Connection:
     """One client connection; also an EventBus subscriber once it subscribes."""
 
@@ -90,6 +118,8 @@ class Connection:
         self.job_ids: set[str] | None = None  # None: all jobs
         self.max_queue = max_queue
         self.closed = False
+        self.calls: set[asyncio.Task] = set()   # its requests being handled
+        self.waits = 0                          # of them, long waits (see long_call)
         # Done when the client hangs up. Calls in flight are not cancelled then (a submit
         # cancelled between its commit and the heap would be stored but never run); the
         # one long call, wait, ends early on it instead.
@@ -180,12 +210,15 @@ class RpcServer:
                     break
                 await inflight.acquire()
                 task = asyncio.create_task(self._one(conn, ctx, line, inflight))
-                self._calls.add(task)  # a strong ref: the loop keeps only weak ones
-                task.add_done_callback(self._calls.discard)
+                for calls in (self._calls, conn.calls):   # strong refs: the loop keeps
+                    calls.add(task)                       # only weak ones
+                    task.add_done_callback(calls.discard)
         except (ConnectionError, OSError):
             pass
         finally:
-            conn.gone.set_result(None)
+            conn.gone.set_result(None)   # its waits end now
+            if conn.calls:   # the others still answer: a client that only half-closed
+                await asyncio.wait(set(conn.calls))   # (printf ... | socat) reads them
             conn.closed = True
             self.connections.discard(conn)
             self.on_disconnect(conn)
@@ -196,6 +229,14 @@ class RpcServer:
 
     async def _one(self, conn: Connection, ctx: Any, line: bytes,
                    inflight: asyncio.Semaphore) -> None:
+        held = True
+
+        def free_slot() -> None:
+            nonlocal held
+            if held:
+                held = False
+                inflight.release()
+        _free_slot.set(free_slot)
         try:
             try:
                 text = line.decode("utf-8")
@@ -211,7 +252,7 @@ class RpcServer:
             log.exception("request failed outside any method")
             conn.send(_error_frame(INTERNAL_ERROR, "internal error"))
         finally:
-            inflight.release()
+            free_slot()
 
     async def _dispatch(self, ctx: Any, text: str) -> bytes | None:
         """The reply frame (None for a notification), by jsonrpcserver. A single valid

@@ -168,6 +168,45 @@ def test_a_wait_ends_when_its_client_hangs_up(make_daemon):
             time.sleep(0.02)
 
 
+def test_waits_do_not_hold_the_connection_and_end_when_it_hangs_up(make_daemon):
+    """A notebook's gather(client.wait(j) for j in batch) parks more waits on one
+    connection than the 64 calls handled at once. Those 64 used to stop the daemon reading
+    it: the client's other calls got no answer, and when it hung up, 64 waits stayed
+    parked (for their timeout, up to 7 days) with its connection slot."""
+    d = make_daemon()
+    job = d.rpc("submit", hold=True, experiment_class="NoOpExperiment",
+                experiment_module="experiments.diagnostics.noop")["result"]["job_id"]
+    conn = Conn(d.socket)
+    waits = b"".join(json.dumps({"jsonrpc": "2.0", "method": "wait", "id": i, "params": {
+        "job_id": job, "timeout": 3600}}).encode() + b"\n" for i in range(200))
+    reply = conn.exchange(waits + b'{"jsonrpc": "2.0", "method": "health", "id": "h"}')
+    assert reply["id"] == "h" and reply["result"]["waits"] == 200, reply
+    conn.s.close()
+    deadline = time.monotonic() + 30
+    while d.rpc("health")["result"]["waits"]:
+        assert time.monotonic() < deadline, "waits outlived their client"
+        time.sleep(0.01)
+
+
+def test_a_half_closed_client_gets_its_reply(make_daemon):
+    """`printf '{...}\\n' | socat - UNIX-CONNECT:labd.sock` shuts its sending side after the
+    request: that EOF was taken for a hang-up, and the reply of a submit that was stored
+    and queued was dropped."""
+    d = make_daemon()
+    d.rpc("pause")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(str(d.socket))
+        s.sendall(json.dumps({"jsonrpc": "2.0", "method": "submit", "id": 1, "params": {
+            "experiment_class": "NoOpExperiment",
+            "experiment_module": "experiments.diagnostics.noop"}}).encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert json.loads(reply)["result"]["job_id"].startswith("JOB-"), reply
+
+
 def test_idle_slow_half_frame_and_non_reading_clients(make_daemon):
     d = make_daemon(max_frame_bytes=MAX_FRAME)
     idle = []

@@ -9,6 +9,7 @@ from typing import Any
 
 from labd_client.protocol import Conflict, InvalidParams, LabdError
 from ..job_log import read_log
+from ..rpc_server import long_call
 from ..scheduler import policy
 from ..store import row_to_job
 from . import Call, rpc
@@ -113,8 +114,9 @@ async def wait(call: Call, p: WaitParams) -> dict[str, Any]:
     try:
         job = await sched.get(p.job_id)
         if not job.is_terminal() or job.phase is not None:
-            await asyncio.wait({fut, call.conn.gone}, timeout=p.timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            with long_call(call.conn):
+                await asyncio.wait({fut, call.conn.gone}, timeout=p.timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
             job = await sched.get(p.job_id)
     finally:
         call.app.events.drop_waiter(p.job_id, fut)
