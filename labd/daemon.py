@@ -81,8 +81,8 @@ class Daemon:
             bind_socket(s.socket_path, s.socket_mode, s.socket_group)
         self.server = RpcServer(load_methods(), AdminPolicy(s.admin_group, s.admin_users),
                                 lambda conn: Call(self.app, conn), s.max_frame_bytes,
-                                s.max_connections, self.events.unsubscribe,
-                                max_reply_bytes=s.max_reply_bytes)
+                                s.max_connections, s.max_connections_per_user,
+                                self.events.unsubscribe, max_reply_bytes=s.max_reply_bytes)
         await self.server.start(sock)
         self.web = await self._start_web(activated[1] if len(activated) > 1 else None)
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import stat
+from collections import Counter
 from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -149,7 +150,7 @@ class Connection:
 class RpcServer:
     def __init__(self, methods: dict[str, Callable[..., Awaitable[Any]]],
                  policy: AdminPolicy, make_context: Callable[[Connection], Any],
-                 max_frame_bytes: int, max_connections: int,
+                 max_frame_bytes: int, max_connections: int, max_per_user: int,
                  on_disconnect: Callable[[Connection], None],
                  max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
         self.methods = methods
@@ -158,6 +159,8 @@ class RpcServer:
         self.make_context = make_context
         self.max_frame = max_frame_bytes
         self.max_connections = max_connections
+        self.max_per_user = max_per_user
+        self._per_uid: Counter[int] = Counter()
         self.on_disconnect = on_disconnect
         self.connections: set[Connection] = set()
         self._calls: set[asyncio.Task] = set()
@@ -188,11 +191,18 @@ class RpcServer:
         except OSError:
             writer.close()
             return
-        if len(self.connections) >= self.max_connections:
-            writer.write(_error_frame(LimitExceeded.code, "too many connections to labd; "
-                                      "try again"))
+        if self._per_uid[peer.uid] >= self.max_per_user:
+            refused = (f"too many connections from {peer.username} ({self.max_per_user}); "
+                       "close some (each Client holds one)")
+        elif len(self.connections) >= self.max_connections and not peer.is_admin:
+            refused = "too many connections to labd; try again"
+        else:
+            refused = None
+        if refused is not None:
+            writer.write(_error_frame(LimitExceeded.code, refused))
             writer.close()
             return
+        self._per_uid[peer.uid] += 1
         # What a client that does not read may hold: this much queued, plus one reply.
         conn = Connection(peer, writer, max_queue=16 * self.max_frame)
         self.connections.add(conn)
@@ -221,6 +231,9 @@ class RpcServer:
                 await asyncio.wait(set(conn.calls))   # (printf ... | socat) reads them
             conn.closed = True
             self.connections.discard(conn)
+            self._per_uid[peer.uid] -= 1
+            if not self._per_uid[peer.uid]:
+                del self._per_uid[peer.uid]
             self.on_disconnect(conn)
             try:
                 writer.close()

@@ -154,7 +154,8 @@ class Settings(BaseModel):
     # labd may use 4 or more CPUs, else "when_behind"
     data_writer: Literal["auto", "process", "thread", "when_behind"] = "auto"
     max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
-    max_connections: int = Field(4096, ge=8)
+    max_connections: int = Field(4096, ge=8)   # admins get in past it (not past their own:)
+    max_connections_per_user: int = Field(512, ge=1)   # one account cannot take them all
     schedule_min_every_s: float = Field(60.0, gt=0)   # shortest period of a schedule
     max_schedules_per_user: int = Field(100, ge=1)
 

@@ -148,3 +148,49 @@ def test_no_client_value_becomes_a_path(make_daemon):
         r = d.rpc(method, **params)
         assert r["error"]["code"] == -32602, (method, r)
     assert not (d.state_dir.parent / "etc").exists()
+
+
+def test_one_account_cannot_take_every_connection(make_daemon):
+    """Idle connections of one account used to fill max_connections: every other client,
+    admins included, was refused. An account now holds at most
+    max_connections_per_user, and an admin gets in past the overall limit."""
+    d = make_daemon(socket_mode=0o666, max_connections=8, max_connections_per_user=6)
+    results, release = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # nobody, holding as many connections as it can get
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            socks, out = [], []
+            for i in range(8):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(str(d.socket))
+                f = s.makefile("rwb")
+                f.write(json.dumps({"jsonrpc": "2.0", "method": "health", "id": i})
+                        .encode() + b"\n")
+                f.flush()
+                out.append(json.loads(f.readline()))
+                socks.append((s, f))
+            os.write(results[1], json.dumps(out).encode())
+            os.read(release[0], 1)
+        finally:
+            os._exit(0)
+    try:
+        data = b""
+        while not data.endswith(b"]"):
+            data += os.read(results[0], 65536)
+        out = json.loads(data)
+        assert [("result" in r) for r in out] == [True] * 6 + [False] * 2, out
+        assert "too many connections from nobody (6)" in out[6]["error"]["message"]
+        [other] = as_uid(OTHER, d.socket, [("health", {})])   # another account gets in
+        assert other["result"]["status"] == "ok", other
+        conns = [socket.socket(socket.AF_UNIX) for _ in range(2)]   # root, an admin, gets
+        for s in conns:                                   # in past the 8 overall as well
+            s.connect(str(d.socket))
+        assert d.rpc("health")["result"]["status"] == "ok"
+        for s in conns:
+            s.close()
+    finally:
+        os.write(release[1], b"x")
+        os.waitpid(pid, 0)
