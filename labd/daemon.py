@@ -82,7 +82,8 @@ class Daemon:
         self.server = RpcServer(load_methods(), AdminPolicy(s.admin_group, s.admin_users),
                                 lambda conn: Call(self.app, conn), s.max_frame_bytes,
                                 s.max_connections, s.max_connections_per_user,
-                                self.events.unsubscribe, max_reply_bytes=s.max_reply_bytes)
+                                self.events.unsubscribe, max_reply_bytes=s.max_reply_bytes,
+                                max_unsent_bytes=s.max_unsent_bytes)
         await self.server.start(sock)
         self.web = await self._start_web(activated[1] if len(activated) > 1 else None)
         loop = asyncio.get_running_loop()

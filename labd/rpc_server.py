@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_INFLIGHT_PER_CONNECTION = 64    # calls being handled; a long wait is not one of them
 MAX_WAITS_PER_CONNECTION = 10_000   # long waits parked on one connection
+SUM_UNSENT_PAST = 1024 * 1024   # a connection with this much unsent checks the sum of all
 LISTEN_BACKLOG = 1024
 # A reply (or a batch's replies together) above this becomes a LimitExceeded error: one
 # small request must not make the daemon build and queue hundreds of megabytes.
@@ -112,9 +113,11 @@ def long_call(conn: Any) -> Iterator[None]:
 class Connection:
     """One client connection; also an EventBus subscriber once it subscribes."""
 
-    def __init__(self, peer: Peer, writer: asyncio.StreamWriter, max_queue: int) -> None:
+    def __init__(self, peer: Peer, writer: asyncio.StreamWriter, max_queue: int,
+                 server: "RpcServer | None" = None) -> None:
         self.peer = peer
         self.writer = writer
+        self.server = server   # for the bound on unsent replies over all connections
         self.topics: set[str] = set()       # "job", "progress", "log"
         self.job_ids: set[str] | None = None  # None: all jobs
         self.max_queue = max_queue
@@ -138,7 +141,9 @@ class Connection:
         if self.closed:
             return
         transport = self.writer.transport
-        if transport.get_write_buffer_size() > self.max_queue:
+        queued = transport.get_write_buffer_size()
+        if queued > self.max_queue or queued > SUM_UNSENT_PAST and self.server is not None \
+                and self.server.unsent() > self.server.max_unsent:
             log.warning("closing connection of %s: it does not read its replies",
                         self.peer.username)
             self.closed = True
@@ -152,7 +157,8 @@ class RpcServer:
                  policy: AdminPolicy, make_context: Callable[[Connection], Any],
                  max_frame_bytes: int, max_connections: int, max_per_user: int,
                  on_disconnect: Callable[[Connection], None],
-                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+                 max_unsent_bytes: int = 1024 ** 3) -> None:
         self.methods = methods
         self.max_reply = max_reply_bytes
         self.policy = policy
@@ -160,11 +166,18 @@ class RpcServer:
         self.max_frame = max_frame_bytes
         self.max_connections = max_connections
         self.max_per_user = max_per_user
+        self.max_unsent = max_unsent_bytes
         self._per_uid: Counter[int] = Counter()
         self.on_disconnect = on_disconnect
         self.connections: set[Connection] = set()
         self._calls: set[asyncio.Task] = set()
         self._server: asyncio.base_events.Server | None = None
+
+    def unsent(self) -> int:
+        """Bytes of replies queued for all clients (asked only by a connection that has
+        a lot queued, so a scan of the connections is rare)."""
+        return sum(c.writer.transport.get_write_buffer_size() for c in self.connections
+                   if not c.closed)
 
     async def start(self, sock: socket.socket) -> None:
         # asyncio listens again on a passed socket, with its own default backlog (100)
@@ -204,7 +217,7 @@ class RpcServer:
             return
         self._per_uid[peer.uid] += 1
         # What a client that does not read may hold: this much queued, plus one reply.
-        conn = Connection(peer, writer, max_queue=16 * self.max_frame)
+        conn = Connection(peer, writer, max_queue=16 * self.max_frame, server=self)
         self.connections.add(conn)
         ctx = self.make_context(conn)
         inflight = asyncio.Semaphore(MAX_INFLIGHT_PER_CONNECTION)

@@ -156,6 +156,9 @@ class Settings(BaseModel):
     max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
     max_connections: int = Field(4096, ge=8)   # admins get in past it (not past their own:)
     max_connections_per_user: int = Field(512, ge=1)   # one account cannot take them all
+    # replies queued for clients that do not read them, over all connections (one may
+    # hold 16 frames); past it such a connection is closed
+    max_unsent_bytes: int = Field(1024 ** 3, ge=1024 * 1024)
     schedule_min_every_s: float = Field(60.0, gt=0)   # shortest period of a schedule
     max_schedules_per_user: int = Field(100, ge=1)
 

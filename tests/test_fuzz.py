@@ -168,6 +168,34 @@ def test_a_wait_ends_when_its_client_hangs_up(make_daemon):
             time.sleep(0.02)
 
 
+def test_unread_replies_are_bounded_over_all_connections(make_daemon):
+    """Each connection may hold 16 frames of unread replies, and nothing bounded their sum:
+    one account's sockets that ask for big replies and never read grew the daemon by
+    their number times 16 MB. Past max_unsent_bytes in all, a connection that does not
+    read is closed."""
+    d = make_daemon(max_frame_bytes=1024 * 1024, max_unsent_bytes=32 * 1024 * 1024)
+    content = "".join(f"- {'x' * 100}{i}\n" for i in range(9000))   # a 0.95 MB reply
+    d.rpc("config.push", type="multiphoton_config", content=content)
+    pull = json.dumps({"jsonrpc": "2.0", "method": "config.pull", "id": 1,
+                       "params": {"type": "multiphoton_config"}}).encode() + b"\n"
+    deaf = []
+    for _ in range(24):   # 24 x 16 replies: 365 MB if each connection may keep its own
+        s = socket.socket(socket.AF_UNIX)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(str(d.socket))
+        s.sendall(pull * 16)
+        deaf.append(s)
+    try:
+        deadline = time.monotonic() + 60
+        while d.log().count("does not read its replies") < 20:   # ~2 fit in 32 MB
+            assert time.monotonic() < deadline, d.log()[-2000:]
+            time.sleep(0.05)
+        assert d.rpc("health")["result"]["status"] == "ok"
+    finally:
+        for s in deaf:
+            s.close()
+
+
 def test_waits_do_not_hold_the_connection_and_end_when_it_hangs_up(make_daemon):
     """A notebook's gather(client.wait(j) for j in batch) parks more waits on one
     connection than the 64 calls handled at once. Those 64 used to stop the daemon reading
@@ -208,7 +236,7 @@ def test_a_half_closed_client_gets_its_reply(make_daemon):
 
 
 def test_idle_slow_half_frame_and_non_reading_clients(make_daemon):
-    d = make_daemon(max_frame_bytes=MAX_FRAME)
+    d = make_daemon(max_frame_bytes=MAX_FRAME, max_connections_per_user=4096)  # one account
     idle = []
     for _ in range(2000):
         s = socket.socket(socket.AF_UNIX)
