@@ -240,18 +240,20 @@ class RpcServer:
             pass
         finally:
             conn.gone.set_result(None)   # its waits end now
-            if conn.calls:   # the others still answer: a client that only half-closed
-                await asyncio.wait(set(conn.calls))   # (printf ... | socat) reads them
-            conn.closed = True
-            self.connections.discard(conn)
-            self._per_uid[peer.uid] -= 1
-            if not self._per_uid[peer.uid]:
-                del self._per_uid[peer.uid]
-            self.on_disconnect(conn)
             try:
-                writer.close()
-            except Exception:
-                pass
+                if conn.calls:   # the others still answer: a client that only half-closed
+                    await asyncio.wait(set(conn.calls))   # (printf ... | socat) reads them
+            finally:
+                conn.closed = True
+                self.connections.discard(conn)
+                self._per_uid[peer.uid] -= 1
+                if not self._per_uid[peer.uid]:
+                    del self._per_uid[peer.uid]
+                self.on_disconnect(conn)
+                try:
+                    writer.close()
+                except Exception:
+                    pass
 
     async def _one(self, conn: Connection, ctx: Any, line: bytes,
                    inflight: asyncio.Semaphore) -> None:
