@@ -26,12 +26,15 @@ class RaiseInAcquire(Experiment):
         raise ValueError("the sample holder is on fire")
 
 
-class RaiseInAnalyze(Experiment):
+class FivePoints(Experiment):
+    """Five points at once; the experiments built on it go wrong after their acquisition."""
     config_model = FaultConfig
 
     def acquire(self):
         return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
 
+
+class RaiseInAnalyze(FivePoints):
     def analyze(self, data):
         raise RuntimeError("fit did not converge")
 
@@ -163,55 +166,34 @@ class FitThreads(Experiment):
         return {"xpts": [0.0], "threads": [float(os.environ["OPENBLAS_NUM_THREADS"])]}
 
 
-class RaggedFit(Experiment):
+class RaggedFit(FivePoints):
     """analyze() returns a ragged list (peaks per trace) beside a number."""
-    config_model = FaultConfig
-
-    def acquire(self):
-        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
 
     def analyze(self, data):
         return {"peaks": [[1.0, 2.0], [3.0]], "f0": 4.5, "model": "lorentzian"}
 
 
-class ExitInFit(Experiment):
+class ExitInFit(FivePoints):
     """A fit script that calls sys.exit()."""
-    config_model = FaultConfig
-
-    def acquire(self):
-        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
 
     def analyze(self, data):
         raise SystemExit("fit script calls sys.exit")
 
 
-class UnitNone(Experiment):
+class UnitNone(FivePoints):
     """A unit known only for some sweeps: None otherwise."""
-    config_model = FaultConfig
-
-    def acquire(self):
-        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
 
     def data_units(self):
         return {"xpts": None, "avgi": "a.u."}
 
 
-class UnitsRaise(Experiment):
-    config_model = FaultConfig
-
-    def acquire(self):
-        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
-
+class UnitsRaise(FivePoints):
     def expt_units(self):
         raise KeyError("gain_unit")
 
 
-class AfterJobRaises(Experiment):
+class AfterJobRaises(FivePoints):
     """Its after_job hook (parking an instrument) fails after a good acquisition."""
-    config_model = FaultConfig
-
-    def acquire(self):
-        return {"xpts": np.arange(5.0), "avgi": np.ones(5)}
 
     def after_job(self):
         raise RuntimeError("could not park the flux bias")
