@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -263,10 +264,11 @@ def reference(c) -> dict[str, np.ndarray]:
     return arrays(job.data_file_path)
 
 
-def preempt_with(c, urgent: tuple, cfg: dict, at: float = 0.2) -> tuple[str, str]:
+def preempt_with(c, urgent: tuple, cfg: dict, at: float = 0.2,
+                 t1: tuple = T1) -> tuple[str, str]:
     """Start the T1, let it take some rounds, then submit the urgent job; returns both IDs
     once the T1 is preempted."""
-    job = c.submit(*T1, T1_CFG)
+    job = c.submit(*t1, T1_CFG)
     until(lambda: (c.get(job).progress or 0) >= at, what="T1 progress")
     u = c.submit(*urgent, cfg, priority=10)
     if urgent == NOOP:   # over in a moment: the preemption is what is left of it
@@ -366,8 +368,12 @@ def test_checkpoint_journal_torn_record_and_old_generation(tmp_path):
     assert not j.exists()
 
 
-def test_code_changed_while_preempted_fails_with_partial_data(make_daemon, tmp_path):
-    from labd_client import Client
+T1P = ("T1P", "preempt_exps.t1p")
+
+
+def daemon_with_t1p(make_daemon, tmp_path) -> tuple[Any, Path]:
+    """A daemon allowed a package of the test's own, ``preempt_exps``, whose module
+    ``t1p`` (returned, for the test to edit) holds a T1."""
     pkg = tmp_path / "pkgs" / "preempt_exps"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
@@ -376,12 +382,14 @@ def test_code_changed_while_preempted_fails_with_partial_data(make_daemon, tmp_p
                    "class T1P(T1Experiment):\n    pass\n")
     d = make_daemon(start=False, allowed_packages=["experiments", "preempt_exps"], **MOCK)
     d.env_extra["PYTHONPATH_PREPEND"] = str(tmp_path / "pkgs")
-    d.start()
+    return d.start(), mod
+
+
+def test_code_changed_while_preempted_fails_with_partial_data(make_daemon, tmp_path):
+    from labd_client import Client
+    d, mod = daemon_with_t1p(make_daemon, tmp_path)
     with Client(d.socket) as c:
-        job = c.submit("T1P", "preempt_exps.t1p", T1_CFG)
-        until(lambda: (c.get(job).progress or 0) >= 0.2, what="progress")
-        c.submit(*SLEEP, {"seconds": 60}, priority=10)
-        until(lambda: c.get(job).phase == "preempted", what="preemption")
+        job, _ = preempt_with(c, SLEEP, {"seconds": 60}, t1=T1P)
     d.kill()
     mod.write_text(mod.read_text() + "    # edited while it was preempted\n")
     d.start()
@@ -403,22 +411,11 @@ def test_taken_back_as_its_partial_data_are_saved_it_ends_the_same_way(make_daem
     went with the job. Resumed, it ends the same way; it used to acquire all its rounds
     anew and then fail to save them onto its own data file."""
     from labd_client import Client
-    pkg = tmp_path / "pkgs" / "preempt_exps"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    mod = pkg / "t1p.py"
-    body = ("from experiments.single_qubit.t1 import T1Experiment\n\n\n"
-            "class T1P(T1Experiment):\n    pass\n")
-    mod.write_text(body)
-    d = make_daemon(start=False, allowed_packages=["experiments", "preempt_exps"], **MOCK)
-    d.env_extra["PYTHONPATH_PREPEND"] = str(tmp_path / "pkgs")
-    d.start()
+    d, mod = daemon_with_t1p(make_daemon, tmp_path)
+    body = mod.read_text()
     gate, importing = tmp_path / "gate", tmp_path / "importing"
     with Client(d.socket) as c:
-        job = c.submit("T1P", "preempt_exps.t1p", T1_CFG)
-        until(lambda: (c.get(job).progress or 0) >= 0.2, what="progress")
-        urgent = c.submit(*SLEEP, {"seconds": 60}, priority=10)
-        until(lambda: c.get(job).phase == "preempted", what="preemption")
+        job, urgent = preempt_with(c, SLEEP, {"seconds": 60}, t1=T1P)
         c.call("pause")
         c.cancel(urgent)
         c.wait(urgent, timeout=30)
