@@ -4,7 +4,6 @@ version, and every change of main is kept (who, when). Clients send content, nev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import functools
 import hashlib
@@ -12,7 +11,7 @@ import io
 import json
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any, AsyncContextManager, Callable
 
@@ -353,7 +352,7 @@ class ConfigStore:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-c", _DIFF_SCRIPT, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
             try:
                 out, err = await asyncio.wait_for(

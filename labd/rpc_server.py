@@ -31,9 +31,6 @@ MAX_INFLIGHT_PER_CONNECTION = 64    # calls being handled; a long wait is not on
 MAX_WAITS_PER_CONNECTION = 10_000   # long waits parked on one connection
 SUM_UNSENT_PAST = 1024 * 1024   # a connection with this much unsent checks the sum of all
 LISTEN_BACKLOG = 1024
-# A reply (or a batch's replies together) above this becomes a LimitExceeded error: one
-# small request must not make the daemon build and queue hundreds of megabytes.
-DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
 
 
 def _error_frame(code: int, message: str) -> bytes:
@@ -114,7 +111,7 @@ class Connection:
     """One client connection; also an EventBus subscriber once it subscribes."""
 
     def __init__(self, peer: Peer, writer: asyncio.StreamWriter, max_queue: int,
-                 server: "RpcServer | None" = None) -> None:
+                 server: "RpcServer") -> None:
         self.peer = peer
         self.writer = writer
         self.server = server   # for the bound on unsent replies over all connections
@@ -142,8 +139,8 @@ class Connection:
             return
         transport = self.writer.transport
         queued = transport.get_write_buffer_size()
-        if queued > self.max_queue or queued > SUM_UNSENT_PAST and self.server is not None \
-                and self.server.unsent() > self.server.max_unsent:
+        if queued > self.max_queue or \
+                queued > SUM_UNSENT_PAST and self.server.unsent() > self.server.max_unsent:
             log.warning("closing connection of %s: it does not read its replies",
                         self.peer.username)
             self.closed = True
@@ -156,9 +153,8 @@ class RpcServer:
     def __init__(self, methods: dict[str, Callable[..., Awaitable[Any]]],
                  policy: AdminPolicy, make_context: Callable[[Connection], Any],
                  max_frame_bytes: int, max_connections: int, max_per_user: int,
-                 on_disconnect: Callable[[Connection], None],
-                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
-                 max_unsent_bytes: int = 1024 ** 3) -> None:
+                 on_disconnect: Callable[[Connection], None], max_reply_bytes: int,
+                 max_unsent_bytes: int) -> None:
         self.methods = methods
         self.max_reply = max_reply_bytes
         self.policy = policy

@@ -153,6 +153,8 @@ class Settings(BaseModel):
     # the threads, and the child while the files lag the board; "auto": the process when
     # labd may use 4 or more CPUs, else "when_behind"
     data_writer: Literal["auto", "process", "thread", "when_behind"] = "auto"
+    # a reply (or a batch's replies together) above this becomes a LimitExceeded error:
+    # one small request must not make the daemon build and queue hundreds of megabytes
     max_reply_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)  # bigger: page
     max_connections: int = Field(4096, ge=8)   # admins get in past it (not past their own:)
     max_connections_per_user: int = Field(512, ge=1)   # one account cannot take them all

@@ -9,8 +9,10 @@ import socket
 import pytest
 
 from labd.rpc_server import bind_socket
-DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
+from labd.settings import Settings
 from labd_client import Client
+
+DEFAULT_MAX_REPLY_BYTES = Settings.model_fields["max_reply_bytes"].default
 
 NOOP = {"experiment_class": "NoOpExperiment",
         "experiment_module": "experiments.diagnostics.noop"}
